@@ -13,7 +13,7 @@ import cni
 from cni import registry
 from cni.daemon import DEFAULT_SOCKET
 
-TEMPLATE = """#!{python} -I -S
+TEMPLATE = """#!{python} -IS
 # podnet CNI plugin {name!r}, installed by `podnet cni install`.
 import sys
 sys.path.insert(0, {root!r})

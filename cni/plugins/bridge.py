@@ -118,7 +118,8 @@ def _del_link_quiet(handle: rtnl.RTNL, name: str) -> None:
 def ensure_addr(host: rtnl.RTNL, link: rtnl.Link, gw_cidr: str, force: bool) -> None:
     """Give the bridge its gateway address; refuse (or, forced, replace) a different one."""
     want = ipaddress.ip_interface(gw_cidr)
-    for a in host.addrs(index=link.index, family=want.version):
+    family = rtnl.AF_INET if want.version == 4 else rtnl.AF_INET6
+    for a in host.addrs(index=link.index, family=family):
         have = ipaddress.ip_interface(a.cidr)
         if have == want:
             return
@@ -161,7 +162,7 @@ def wait_oper_up(host: rtnl.RTNL, index: int) -> None:
     for delay in (0, 0.005, 0.05, 0.5, 1.0, 1.0):
         time.sleep(delay)
         link = host.link(index=index)
-        if link.operstate in ("up", 6):
+        if str(link.operstate).lower() in ("up", "6"):
             return
     raise _fail(f"bridge port in error state: {link.operstate}")
 
@@ -256,6 +257,14 @@ def teardown_masq(network: str, container_id: str) -> None:
 # --- the plugin ----------------------------------------------------------------------------
 
 
+def _rollback(undo: list[Callable[[], None]]) -> None:
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception as e:  # keep undoing; the caller reports the original error
+            log.warning("bridge: rollback step failed: %s", e)
+
+
 def _open_netns(path: str) -> int:
     try:
         return netns.open_fd(path)
@@ -272,15 +281,12 @@ class Bridge(Plugin):
         undo: list[Callable[[], None]] = []
         try:
             with rtnl.RTNL() as host, rtnl.RTNL(netns=cont_fd) as cont:
-                result = self._add(req, c, host, cont, cont_fd, undo)
-            undo.clear()
-            return result
-        finally:
-            for step in reversed(undo):
                 try:
-                    step()
-                except Exception as e:  # keep undoing; report the original error
-                    log.warning("bridge: rollback step failed: %s", e)
+                    return self._add(req, c, host, cont, cont_fd, undo)
+                except BaseException:
+                    _rollback(undo)
+                    raise
+        finally:
             os.close(cont_fd)
 
     def _add(self, req: Request, c: BridgeConfig, host: rtnl.RTNL, cont: rtnl.RTNL, cont_fd: int,

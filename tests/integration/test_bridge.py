@@ -181,14 +181,36 @@ def test_link_options_default_gateway_and_dual_stack(netns_factory, tmp_path, cn
     assert ping(pod, "10.24.0.1")
 
 
-def test_vlan_and_promisc(netns_factory, tmp_path, cni):
+def kernel_has_vlan_filtering(ns: str) -> bool:
+    probe = subprocess.run(["ip", "-n", ns, "link", "add", "pnprobe0", "type", "bridge",
+                            "vlan_filtering", "1"], capture_output=True)
+    subprocess.run(["ip", "-n", ns, "link", "del", "pnprobe0"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_promisc(netns_factory, tmp_path, cni):
     host = netns_factory("host")
     pod = netns_factory("pod")
-    conf = netconf(tmp_path, vlan=100, promiscMode=True, bridge="br-vlan")
+    conf = netconf(tmp_path, promiscMode=True, bridge="br-pr")
     code, res, err = cni(host, "bridge", "ADD", conf, netns=f"/run/netns/{pod}")
-    assert code == 0, err
-    br = ip_json(host, "-n", host, "-d", "link", "show", "br-vlan")[0]
+    assert code == 0, (res, err)
+    br = ip_json(host, "-n", host, "-d", "link", "show", "br-pr")[0]
     assert "PROMISC" in br["flags"]
+    code, res, err = cni(host, "bridge", "ADD", {**conf, "hairpinMode": True},
+                         container_id="c2", netns=f"/run/netns/{pod}", ifname="eth1")
+    assert code == 1 and res["code"] == 7 and "hairpin mode and promiscuous mode" in res["msg"]
+
+
+def test_vlan(netns_factory, tmp_path, cni):
+    host = netns_factory("host")
+    pod = netns_factory("pod")
+    if not kernel_has_vlan_filtering(host):
+        pytest.skip("this kernel lacks bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING): "
+                    "`ip link add type bridge vlan_filtering 1` fails with EOPNOTSUPP")
+    conf = netconf(tmp_path, vlan=100, bridge="br-vlan")
+    code, res, err = cni(host, "bridge", "ADD", conf, netns=f"/run/netns/{pod}")
+    assert code == 0, (res, err)
+    br = ip_json(host, "-n", host, "-d", "link", "show", "br-vlan")[0]
     assert br["linkinfo"]["info_data"]["vlan_filtering"] == 1
     veth = res["interfaces"][1]["name"]
     vlans = ip_json(host, "-n", host, "bridge", "vlan", "show", "dev", veth)
