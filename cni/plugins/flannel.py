@@ -70,23 +70,31 @@ def build_delegate(config: dict[str, Any], fenv) -> dict[str, Any]:
         delegate.setdefault("isGateway", True)
     if config.get("cniVersion"):
         delegate["cniVersion"] = config["cniVersion"]
-    ipam = dict(config.get("ipam") or {})
+    ipam = config.get("ipam") or {}
+    if not isinstance(ipam, dict):
+        raise _conf_error("failed to load flannel netconf: ipam must be an object")
+    ipam = dict(ipam)
     ipam.setdefault("type", "host-local")
     ipam["ranges"] = [[{"subnet": str(fenv.subnet.network)}]]
-    routes = list(ipam.get("routes") or [])
+    routes = ipam.get("routes") or []
     if not isinstance(routes, list):
         raise _conf_error("failed to assemble Delegate IPAM: failed to read IPAM routes")
+    routes = list(routes)
     routes.append({"dst": str(fenv.network)})
     ipam["routes"] = routes
     delegate["ipam"] = ipam
     return delegate
 
 
+def _str_field(config: dict[str, Any], key: str, default: str) -> str:
+    value = config.get(key) or default
+    if not isinstance(value, str):
+        raise _conf_error(f"failed to load flannel netconf: {key} must be a string, got {value!r}")
+    return value
+
+
 def _scratch_path(config: dict[str, Any], container_id: str) -> str:
-    data_dir = config.get("dataDir") or DEFAULT_DATA_DIR
-    if not isinstance(data_dir, str):
-        raise _conf_error("dataDir must be a string")
-    return os.path.join(data_dir, container_id)
+    return os.path.join(_str_field(config, "dataDir", DEFAULT_DATA_DIR), container_id)
 
 
 def _write_scratch(path: str, data: bytes) -> None:
@@ -122,7 +130,7 @@ class Flannel(Plugin):
 
     def add(self, req: Request) -> dict[str, Any]:
         path = _scratch_path(req.config, req.container_id)
-        fenv = load_subnet_env(req.config.get("subnetFile") or DEFAULT_SUBNET_FILE)
+        fenv = load_subnet_env(_str_field(req.config, "subnetFile", DEFAULT_SUBNET_FILE))
         delegate = build_delegate(req.config, fenv)
         raw = json.dumps(delegate).encode()
         log.debug("flannel: delegate netconf %s", raw)
