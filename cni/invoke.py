@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from typing import Any, Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 from cni import spec
 from cni.spec import CNIError
@@ -27,6 +29,7 @@ def find_plugin(plugin_type: str, path: list[str]) -> str:
 def exec_plugin(plugin_type: str, command: str, stdin: bytes, env: Mapping[str, str],
                 path: list[str]) -> dict[str, Any] | None:
     """Run ``plugin_type`` with CNI_COMMAND=command; return its parsed stdout (or None)."""
+    import subprocess
     exe = find_plugin(plugin_type, path)
     child_env = {k: v for k, v in env.items()}
     child_env["CNI_COMMAND"] = command

@@ -7,8 +7,10 @@ for the pod's address. Set-up and teardown are each one atomic restore.
 from __future__ import annotations
 
 import ipaddress
-import re
-from typing import Iterable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 from cni.names import chain_name, comment
 
@@ -47,6 +49,7 @@ def render_teardown(network: str, container_id: str, nat_save: str) -> str | Non
     ``nat_save`` is ``iptables-save -t nat`` output; reading it is needed because DEL may come
     after the pod's netns (and so its address) is gone. None when there is nothing to remove.
     """
+    import re
     chain = chain_name(network, container_id)
     jump = re.compile(rf"^-A (\S+) (.* )?-j {re.escape(chain)}( |$)")
     has_chain = any(line.startswith(f":{chain} ") for line in nat_save.splitlines())

@@ -8,7 +8,6 @@ for the pod's MAC and drops the rest. Rendered as one ``nft -f`` script, applied
 from __future__ import annotations
 
 import json
-import subprocess
 
 from cni import spec
 from cni.spec import CNIError
@@ -41,7 +40,8 @@ def render_setup(host_iface: str, mac: str, ref: str) -> str:
     ]) + "\n"
 
 
-def _nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
+def _nft(args: list[str], script: str | None = None):
+    import subprocess
     try:
         return subprocess.run(["nft", *args], input=script, capture_output=True, text=True)
     except OSError as e:

@@ -1,8 +1,6 @@
 """Names shared with the Go plugins: hashed chain names and rule comments (pkg/utils)."""
 from __future__ import annotations
 
-import hashlib
-
 MAX_CHAIN_LENGTH = 28
 CHAIN_PREFIX = "CNI-"
 
@@ -10,6 +8,7 @@ CHAIN_PREFIX = "CNI-"
 def hash_with_prefix(length: int, prefix: str, to_hash: str) -> str:
     if len(prefix) >= length or length > 128:
         raise ValueError("invalid length")
+    import hashlib  # lazily: OpenSSL's start-up cost is paid only when a chain is named
     return (prefix + hashlib.sha512(to_hash.encode()).hexdigest())[:length]
 
 

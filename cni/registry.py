@@ -15,6 +15,7 @@ PLUGINS = {
 
 
 def available() -> list[str]:
+    import importlib.util
     out = []
     for name, module in PLUGINS.items():
         if importlib.util.find_spec(module) is not None:

@@ -38,15 +38,22 @@ def _recv_exact(sock, n: int) -> bytes:
     return bytes(buf)
 
 
-def call_daemon(socket_path: str, plugin: str, env: dict, stdin: bytes) -> tuple[int, bytes] | None:
-    """Send one request; None when no daemon listens (then the caller works standalone)."""
+def connect(socket_path: str):
+    """A connected socket to the daemon, or None when none listens there."""
     import _socket
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        try:
-            sock.connect(socket_path)
-        except OSError:
-            return None
+        sock.connect(socket_path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def call_daemon(sock, plugin: str, env: dict, stdin: bytes) -> tuple[int, bytes]:
+    """Send one request on a connected socket; the daemon's (exit code, stdout)."""
+    import _socket
+    try:
         fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             payload = encode_request(plugin, env, stdin)
@@ -61,30 +68,28 @@ def call_daemon(socket_path: str, plugin: str, env: dict, stdin: bytes) -> tuple
         out = _recv_exact(sock, int.from_bytes(head[4:], "big"))
         return code, out
     except (OSError, ConnectionError) as e:
-        os.write(2, f"podnet: CNI daemon at {socket_path} failed: {e}\n".encode())
-        return None
+        # The request may have been half done: say so in the spec's format ("try again").
+        msg = f"podnet CNI daemon failed mid-request: {e}".replace('"', "'")
+        return 1, ('{"cniVersion":"1.1.0","code":11,"msg":"' + msg + '"}\n').encode()
     finally:
         sock.close()
 
 
 def standalone(plugin: str) -> int:
-    """Do the work in this process: load site-packages (skipped by -S) and the plugin."""
-    import site
-    site.main()
+    """Do the work in this process. The plugins need nothing beyond the standard library
+    and this project, whose root the executable put on sys.path, so site is never loaded."""
     from cni.registry import load
     from cni.skel import main
     return main(load(plugin))
 
 
 def run(plugin: str, socket_path: str) -> int:
-    stdin = sys.stdin.buffer.read()
+    sock = None
     if socket_path and os.environ.get("PODNET_CNI_STANDALONE") != "1":
-        answer = call_daemon(socket_path, plugin, dict(os.environ), stdin)
-        if answer is not None:
-            code, out = answer
-            sys.stdout.buffer.write(out)
-            sys.stdout.flush()
-            return code
-    import io
-    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
-    return standalone(plugin)
+        sock = connect(socket_path)
+    if sock is None:
+        return standalone(plugin)
+    code, out = call_daemon(sock, plugin, dict(os.environ), sys.stdin.buffer.read())
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    return code

@@ -7,19 +7,20 @@ standalone executable and the node-local daemon (``cni.daemon``), so both answer
 from __future__ import annotations
 
 import json
-import logging
-import re
 import sys
-import traceback
-from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 from cni import spec
+from cni.log import getLogger
 from cni.spec import CNIError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+log = getLogger(__name__)
+
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_CHARS = _ALNUM | frozenset("_.-")
 MAX_IFNAME = 15
 
 # Environment variables each command needs (as libcni's skel checks them).
@@ -33,19 +34,25 @@ _REQUIRED_ENV = {
 }
 
 
-@dataclass
 class Request:
     """One invocation: what the runtime said through the environment and stdin."""
 
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: dict[str, str] = field(default_factory=dict)
-    path: list[str] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    stdin: bytes = b""
-    env: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "config",
+                 "stdin", "env")
+
+    def __init__(self, command: str, container_id: str = "", netns: str = "", ifname: str = "",
+                 args: dict[str, str] | None = None, path: list[str] | None = None,
+                 config: dict[str, Any] | None = None, stdin: bytes = b"",
+                 env: Mapping[str, str] | None = None) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args if args is not None else {}
+        self.path = path if path is not None else []
+        self.config = config if config is not None else {}
+        self.stdin = stdin
+        self.env = env if env is not None else {}
 
     @property
     def version(self) -> str:
@@ -81,7 +88,7 @@ class Plugin:
 def validate_name(value: str, what: str, code: int) -> None:
     if not value:
         raise CNIError(code, f"missing {what}")
-    if not _NAME_RE.match(value):
+    if value[0] not in _ALNUM or not _NAME_CHARS.issuperset(value):
         raise CNIError(code, f"invalid characters in {what}", value)
 
 
@@ -191,6 +198,7 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[int, byte
         body = e.to_json(_error_version(stdin))
         return 1, (json.dumps(body) + "\n").encode()
     except Exception as e:  # a bug: still answer in the spec's format
+        import traceback
         log.error("%s: internal error: %s", plugin.name, traceback.format_exc())
         err = CNIError(spec.INTERNAL, f"{plugin.name}: internal error: {type(e).__name__}: {e}")
         return 1, (json.dumps(err.to_json(_error_version(stdin))) + "\n").encode()
@@ -199,14 +207,15 @@ def run(plugin: Plugin, env: Mapping[str, str], stdin: bytes) -> tuple[int, byte
     return 0, (json.dumps(result, indent=4) + "\n").encode()
 
 
-_log_files: dict[str, logging.Handler] = {}
+_log_files: dict[str, object] = {}
 
 
-def _configure_log_file(config: Mapping[str, Any]) -> None:
+def _configure_log_file(config: dict[str, Any]) -> None:
     """Honour ``logFile`` in the config: log there as well as stderr."""
-    path = config.get("logFile") if isinstance(config, Mapping) else None
+    path = config.get("logFile") if isinstance(config, dict) else None
     if not isinstance(path, str) or not path or path in _log_files:
         return
+    import logging
     try:
         handler = logging.FileHandler(path)
     except OSError as e:
@@ -217,9 +226,7 @@ def _configure_log_file(config: Mapping[str, Any]) -> None:
 
 
 def main(plugin: Plugin, env: Mapping[str, str] | None = None) -> int:
-    """The executable's entry: logs to stderr only, never stdout."""
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="%(name)s %(levelname)s %(message)s")
+    """The executable's entry: logs go to stderr only (see cni.log), never stdout."""
     import os
     code, out = run(plugin, os.environ if env is None else env, sys.stdin.buffer.read())
     sys.stdout.buffer.write(out)

@@ -7,7 +7,10 @@ the version the runtime asked for only when written out, as libcni's ``types`` p
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Versions in the order of the spec's history; the ones podnet's plugins speak.
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

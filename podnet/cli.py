@@ -8,13 +8,16 @@ import sys
 
 def _cni_install(args: argparse.Namespace) -> int:
     from cni.install import install
-    for path in install(args.dir, args.socket):
+    for path in install(args.dir, args.socket, native=args.native):
         print(path)
     return 0
 
 
 def _cni_daemon(args: argparse.Namespace) -> int:
+    import signal
+
     from cni.daemon import serve
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # unwind: the socket is removed
     try:
         serve(args.socket)
     except KeyboardInterrupt:
@@ -32,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--dir", default="/opt/cni/bin")
     inst.add_argument("--socket", default=DEFAULT_SOCKET,
                       help="CNI daemon socket the plugins try first (default %(default)s)")
+    inst.add_argument("--native", dest="native", action="store_true", default=None,
+                      help="install the C shim (default when a C compiler is present)")
+    inst.add_argument("--no-native", dest="native", action="store_false",
+                      help="install Python scripts only")
     inst.set_defaults(func=_cni_install)
     dmn = cni.add_parser("daemon", help="serve CNI requests with imports preloaded")
     dmn.add_argument("--socket", default=DEFAULT_SOCKET)

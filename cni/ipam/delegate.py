@@ -5,12 +5,14 @@ process start); any other IPAM type is exec'd from CNI_PATH as libcni's ``ipam.E
 """
 from __future__ import annotations
 
-from typing import Any
-
 from cni import invoke, spec
 from cni.ipam import host_local
 from cni.skel import Request
 from cni.spec import CNIError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 BUILTIN = "host-local"
 

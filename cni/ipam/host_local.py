@@ -7,17 +7,20 @@ program when its ``ipam.type`` is ``host-local``.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import sys
-from typing import Any, Mapping
 
 from cni import spec
 from cni.ipam import ranges as rng
 from cni.ipam.store import Store
+from cni.log import getLogger
 from cni.skel import Plugin, Request, main
 from cni.spec import CNIError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
+
+log = getLogger(__name__)
 
 
 class IPAMConfig:

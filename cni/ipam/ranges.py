@@ -8,11 +8,13 @@ ranges of the set.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any, Iterator
 
 from cni import spec
 from cni.spec import CNIError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -48,12 +50,21 @@ def parse_subnet(value: Any, field: str) -> IPNetwork:
     return network
 
 
-@dataclass(frozen=True)
 class Range:
-    subnet: IPNetwork
-    start: IPAddress
-    end: IPAddress
-    gateway: IPAddress
+    """One ``{subnet, rangeStart, rangeEnd, gateway}``, canonicalised."""
+
+    __slots__ = ("subnet", "start", "end", "gateway")
+
+    def __init__(self, subnet: IPNetwork, start: IPAddress, end: IPAddress,
+                 gateway: IPAddress) -> None:
+        self.subnet, self.start, self.end, self.gateway = subnet, start, end, gateway
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Range) and (self.subnet, self.start, self.end, self.gateway) \
+            == (other.subnet, other.start, other.end, other.gateway)
+
+    def __repr__(self) -> str:
+        return f"Range({self.subnet}, {self.start}-{self.end}, gw {self.gateway})"
 
     def contains(self, addr: IPAddress) -> bool:
         return (addr.version == self.subnet.version and addr in self.subnet

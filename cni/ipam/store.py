@@ -10,10 +10,13 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
-from typing import Iterator
 
 from cni import spec
 from cni.spec import CNIError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 LAST_IP_PREFIX = "last_reserved_ip."

@@ -8,20 +8,23 @@ The host side is the network namespace of the calling thread; the pod side is CN
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import sys
 import time
-from typing import Any, Callable
 
 from cni import ipmasq, macspoof, spec
 from cni.ipam import delegate as ipam
+from cni.log import getLogger
 from cni.plugins.bridge_config import BridgeConfig, parse
 from cni.skel import Plugin, Request, main
 from cni.spec import CNIError
 from podnet import netns, rtnl
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+log = getLogger(__name__)
 
 
 def _fail(msg: str, code: int = spec.INTERNAL) -> CNIError:

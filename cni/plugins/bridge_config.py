@@ -1,15 +1,15 @@
 """The ``bridge`` plugin's configuration, parsed and validated (pure)."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any, Mapping
-
 from cni import spec
 from cni.spec import CNIError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
+
 DEFAULT_BRIDGE = "cni0"
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_HEX = frozenset("0123456789abcdefABCDEF")
 _BOOL_FIELDS = ("isGateway", "isDefaultGateway", "forceAddress", "ipMasq", "hairpinMode",
                 "promiscMode", "macspoofchk", "enabledad")
 
@@ -18,22 +18,25 @@ def _invalid(msg: str) -> CNIError:
     return CNIError(spec.INVALID_CONFIG, msg)
 
 
-@dataclass
+def _is_mac(value: str) -> bool:
+    parts = value.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and _HEX.issuperset(p) for p in parts)
+
+
 class BridgeConfig:
-    network: str
-    bridge: str = DEFAULT_BRIDGE
-    is_gateway: bool = False
-    is_default_gateway: bool = False
-    force_address: bool = False
-    ip_masq: bool = False
-    mtu: int = 0
-    hairpin: bool = False
-    promisc: bool = False
-    vlan: int = 0
-    macspoofchk: bool = False
-    enable_dad: bool = False
-    mac: str = ""
-    ipam_type: str = ""
+    """The fields the Go plugin's NetConf has (a plain class: dataclasses cost start-up time)."""
+
+    def __init__(self, network: str, bridge: str = DEFAULT_BRIDGE, is_gateway: bool = False,
+                 is_default_gateway: bool = False, force_address: bool = False,
+                 ip_masq: bool = False, mtu: int = 0, hairpin: bool = False,
+                 promisc: bool = False, vlan: int = 0, macspoofchk: bool = False,
+                 enable_dad: bool = False, mac: str = "", ipam_type: str = "") -> None:
+        self.network, self.bridge = network, bridge
+        self.is_gateway, self.is_default_gateway = is_gateway, is_default_gateway
+        self.force_address, self.ip_masq, self.mtu = force_address, ip_masq, mtu
+        self.hairpin, self.promisc, self.vlan = hairpin, promisc, vlan
+        self.macspoofchk, self.enable_dad = macspoofchk, enable_dad
+        self.mac, self.ipam_type = mac, ipam_type
 
     @property
     def is_layer3(self) -> bool:
@@ -45,8 +48,8 @@ def parse(config: Mapping[str, Any], cni_args: Mapping[str, str]) -> BridgeConfi
         if key in config and not isinstance(config[key], bool):
             raise _invalid(f"failed to load netconf: {key} must be a boolean, got {config[key]!r}")
     bridge = config.get("bridge") or DEFAULT_BRIDGE
-    if not isinstance(bridge, str) or len(bridge) > 15 or not re.match(r"^[^/:\s]+$", bridge) \
-            or bridge in (".", ".."):
+    if not isinstance(bridge, str) or not 0 < len(bridge) <= 15 or bridge in (".", "..") \
+            or any(c in "/:" or c.isspace() for c in bridge):
         raise _invalid(f"failed to load netconf: invalid bridge name {bridge!r}")
     mtu = config.get("mtu", 0)
     if not isinstance(mtu, int) or isinstance(mtu, bool) or mtu < 0 or mtu > 65535:
@@ -94,6 +97,6 @@ def _mac(config: Mapping[str, Any], cni_args: Mapping[str, str]) -> str:
     runtime = config.get("runtimeConfig")
     if isinstance(runtime, dict) and runtime.get("mac"):
         mac = runtime["mac"]
-    if mac and (not isinstance(mac, str) or not _MAC_RE.match(mac)):
+    if mac and (not isinstance(mac, str) or not _is_mac(mac)):
         raise _invalid(f"invalid MAC address {mac!r}")
     return mac.lower() if mac else ""

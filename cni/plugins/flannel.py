@@ -12,16 +12,19 @@ Delegates that podnet implements run in-process; any other type is exec'd from C
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-from typing import Any
 
 from cni import invoke, registry, spec
+from cni.log import getLogger
 from cni.skel import Plugin, Request, main
 from cni.spec import CNIError
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+log = getLogger(__name__)
 
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 DEFAULT_DATA_DIR = "/var/lib/cni/flannel"

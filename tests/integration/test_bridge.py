@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -30,6 +31,16 @@ def reservations(tmp_path, net="testnet"):
 
 def host_veths(ns):
     return [l["ifname"] for l in ip_json(ns, "-n", ns, "link", "show", "type", "veth")]
+
+
+def eventually(check, timeout=5.0):
+    """The kernel tears a deleted netns down asynchronously: poll for the outcome."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def ping(ns, ip):
@@ -102,7 +113,7 @@ def test_del_after_netns_deleted_removes_reservation_and_masq(netns_factory, tmp
         code, res, err = cni(host, "bridge", "DEL", conf, container_id="gone", netns=f"/run/netns/{pod}")
         assert (code, res) == (0, None), err
     assert reservations(tmp_path) == []
-    assert host_veths(host) == []
+    assert eventually(lambda: host_veths(host) == []), host_veths(host)
     assert chain_name("testnet", "gone") not in ns_run(host, ["iptables-save", "-t", "nat"]).stdout
 
 
