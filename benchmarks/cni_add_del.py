@@ -180,8 +180,23 @@ class Daemon:
         self.proc = None
 
 
+def start_node_daemon(socket_path: str) -> subprocess.Popen:
+    """One `podnet cni daemon` for the run. It starts in this (root) namespace but changes
+    nothing there: each request runs in the caller's namespace, whose fd comes with it."""
+    proc = subprocess.Popen([sys.executable, "-m", "podnet", "cni", "daemon", "--socket",
+                             socket_path], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(socket_path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("podnet cni daemon did not start")
+        time.sleep(0.02)
+    return proc
+
+
 def one_iteration(plugin_dir: Path, ip_masq: bool, exec_mode: str,
-                  daemon: Daemon | None = None) -> tuple[float, float]:
+                  daemon: Daemon | None = None,
+                  extra_env: dict[str, str] | None = None) -> tuple[float, float]:
     """ADD then DEL in fresh namespaces; returns (add_ms, del_ms)."""
     state_dir = tempfile.mkdtemp(prefix="pn-bench-")
     try:
@@ -193,7 +208,7 @@ def one_iteration(plugin_dir: Path, ip_masq: bool, exec_mode: str,
                 cid = f"bench{uuid.uuid4().hex[:12]}"
                 env = {"PATH": CLEAN_PATH, "CNI_CONTAINERID": cid,
                        "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
-                       "CNI_ARGS": "", "CNI_PATH": str(plugin_dir)}
+                       "CNI_ARGS": "", "CNI_PATH": str(plugin_dir), **(extra_env or {})}
                 plugin = str(plugin_dir / "bridge")
                 if exec_mode == "ip-netns":
                     argv = ["ip", "netns", "exec", host_ns, plugin]
@@ -243,9 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per impl")
     ap.add_argument("--mode", choices=["daemon", "standalone", "both"], default="both",
                     help="podnet with its node daemon, without, or both")
-    ap.add_argument("--podnet-daemon-cmd", help="started inside each iteration's host netns "
-                    "before podnet's runs, stopped by PID after; {host_ns} and {state_dir} "
-                    "are substituted")
+    ap.add_argument("--podnet-daemon-cmd", help="a daemon command of your own: started "
+                    "inside each iteration's host netns before podnet's runs and stopped by "
+                    "PID after; {host_ns} and {state_dir} are substituted. Default: one "
+                    "`podnet cni daemon` for the whole run, as on a node")
     ap.add_argument("--podnet-daemon-socket",
                     help="wait until the daemon accepts connections here (else sleep "
                     "--podnet-daemon-settle); also passed to `podnet cni install --socket`")
@@ -264,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
 
     notes: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="pn-bench-plugins-"))
+    node_daemon: subprocess.Popen | None = None
     try:
+        if not args.podnet_daemon_cmd and not args.podnet_daemon_socket:
+            args.podnet_daemon_socket = str(tmp / "cni.sock")
         podnet_dir = args.podnet_dir or install_podnet(tmp / "bin", args.podnet_daemon_socket)
         if not has_plugins(podnet_dir):
             notes.append(f"podnet skipped: no {'/'.join(NEEDED)} plugins in "
@@ -273,17 +292,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no Go reference plugins in {args.go_dir}", file=sys.stderr)
             return 2
 
-        impls: dict[str, tuple[Path, Daemon | None]] = {"go": (args.go_dir, None)}
+        Impl = tuple[Path, "Daemon | None", "dict[str, str] | None"]
+        impls: dict[str, Impl] = {"go": (args.go_dir, None, None)}
         if has_plugins(podnet_dir):
             if args.mode in ("standalone", "both"):
-                impls["podnet_standalone"] = (podnet_dir, None)
+                impls["podnet_standalone"] = (podnet_dir, None, {"PODNET_CNI_STANDALONE": "1"})
             if args.mode in ("daemon", "both"):
                 if args.podnet_daemon_cmd:
                     impls["podnet_daemon"] = (podnet_dir, Daemon(
                         args.podnet_daemon_cmd, args.podnet_daemon_settle,
-                        args.podnet_daemon_socket))
+                        args.podnet_daemon_socket), None)
                 else:
-                    notes.append("podnet daemon mode skipped: no --podnet-daemon-cmd")
+                    node_daemon = start_node_daemon(args.podnet_daemon_socket)
+                    impls["podnet_daemon"] = (podnet_dir, None, None)
         for note in notes:
             print(note, file=sys.stderr)
 
@@ -296,10 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order[rot:] + order[:rot]:  # alternate who goes first
                     if name not in impls:
                         continue
-                    plugin_dir, daemon = impls[name]
+                    plugin_dir, daemon, extra_env = impls[name]
                     time.sleep(args.pause)
                     try:
-                        timing = one_iteration(plugin_dir, ip_masq, args.exec_mode, daemon)
+                        timing = one_iteration(plugin_dir, ip_masq, args.exec_mode, daemon,
+                                               extra_env)
                     except RuntimeError as exc:
                         if name == "go":
                             raise
@@ -321,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
                           "results": results, "ratios": ratios, "notes": notes}, indent=2))
         return 0
     finally:
+        if node_daemon is not None:
+            node_daemon.terminate()  # by PID
+            node_daemon.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

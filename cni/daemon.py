@@ -86,6 +86,9 @@ class _BufferedConn:
 
 
 def preload() -> None:
+    """Import everything a request may need, so no request pays an import."""
+    import hashlib, re, subprocess, traceback  # noqa: E401,F401 - lazily used by plugins
+    from podnet import iptables  # noqa: F401
     for name in registry.available():
         registry.load(name)
 
