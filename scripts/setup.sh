@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES=(
-    iproute2 iptables ipset iputils-ping conntrack procps kmod
+    iproute2 iptables nftables ipset iputils-ping conntrack procps kmod
     etcd-server etcd-client
     golang-go golang-github-appc-cni-dev containernetworking-plugins
     iperf3 ruby

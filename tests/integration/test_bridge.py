@@ -236,7 +236,7 @@ def test_macspoofchk(netns_factory, tmp_path, cni):
     pod = netns_factory("pod")
     conf = netconf(tmp_path, macspoofchk=True)
     code, res, err = cni(host, "bridge", "ADD", conf, container_id="spoof", netns=f"/run/netns/{pod}")
-    assert code == 0, err
+    assert code == 0, (res, err)
     table = ns_run(host, ["nft", "list", "table", "bridge", "nat"]).stdout
     assert "chain cni-br-iface-spoof-eth0 " in table
     assert f'ether saddr {res["interfaces"][2]["mac"]} return' in table
