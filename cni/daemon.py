@@ -6,13 +6,15 @@ for the executable; the request then runs through the same ``skel.run`` as stand
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import struct
 import threading
 
-from cni import registry, skel
+from cni import registry, skel, spec
+from cni.spec import CNIError
 from cni.shim import MAGIC, _recv_exact
 from podnet import netns
 
@@ -52,7 +54,8 @@ def handle(conn: socket.socket) -> None:
         try:
             plugin = registry.load(plugin_name)
         except (KeyError, ImportError) as e:
-            code, out = 1, (f'{{"cniVersion":"1.1.0","code":7,"msg":"{e}"}}\n').encode()
+            err = CNIError(spec.INVALID_CONFIG, f"podnet CNI daemon: {e}")
+            code, out = 1, (json.dumps(err.to_json(spec.CURRENT_VERSION)) + "\n").encode()
         else:
             with netns.entered(fds[0]):
                 code, out = skel.run(plugin, env, stdin)
