@@ -291,7 +291,8 @@ def test_neighbours_v4_v6(host, nl):
         nl.add_neigh(idx, "10.60.0.9", "aa:bb:cc:00:00:01", replace=False)
     nl.del_neigh(idx, "10.60.0.9")
     nl.del_neigh("n0", "fd60::9")
-    assert nl.neighs(index=idx) == []
+    # the kernel may add NOARP entries for multicast groups it joins (IGMP/MLD) by itself
+    assert [n for n in nl.neighs(index=idx) if not n.state & 0x40] == []
     with pytest.raises(rtnl.NotFound):
         nl.del_neigh(idx, "10.60.0.9")
 
