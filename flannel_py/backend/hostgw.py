@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from flannel_py.backend import ExternalInterface
 from flannel_py.backend.routes import (DEFAULT_CHECK_INTERVAL, DesiredState, Peer, PeerProgrammer,
-                                       PeriodicCheck, RouteSpec, host_gw_route)
+                                       PeriodicCheck, RouteSpec, host_gw_route, sorted_peers)
 from flannel_py.config import Config
 from flannel_py.subnet.registry import Lease
 
@@ -36,7 +36,7 @@ def render_host_gw(remote: Sequence[Lease], dev: str) -> DesiredState:
                         lease.attrs.backend_type)
             continue
         peers.append(Peer(lease.subnet, host_gw_route(lease, dev)))
-    return DesiredState(tuple(sorted(peers)))
+    return DesiredState(sorted_peers(peers))
 
 
 def managed_by_network(network: IPv4Network | None, own: IPv4Network | None, devs: set[str]):

@@ -97,6 +97,17 @@ class KernelState:
         return st
 
 
+def _peer_order(peer: Peer) -> tuple:
+    net = peer.subnet
+    return int(net.network_address), net.prefixlen, peer
+
+
+def sorted_peers(peers: Sequence[Peer]) -> tuple[Peer, ...]:
+    """``tuple(sorted(peers))``, faster: subnets compared as ints (IPv4Network.__lt__ is
+    Python code and dominated a 500-lease render); ties fall back to the full order."""
+    return tuple(sorted(peers, key=_peer_order))
+
+
 def host_gw_route(lease: Lease, dev: str) -> RouteSpec:
     """Upstream host-gw's ``GetRoute``: the peer's subnet via its PublicIP on our iface."""
     return RouteSpec(lease.subnet, lease.attrs.public_ip, dev)
@@ -173,24 +184,24 @@ class PeerProgrammer:
                     log.error("%s failed: %s", what, exc)
 
             # removals first: routes, then FDB, then neighbours
-            for dst, spec in sorted(current.routes.items()):
-                if dst not in want.routes:
-                    log.info("removing route %s", spec.line())
-                    attempt(f"delete {spec.line()}",
-                            lambda s=spec: self.rtnl.del_route(str(s.dst), gateway=str(s.gateway),
-                                                               oif=self.devices[s.dev]),
-                            missing_ok=True)
+            # (sort only what goes: sorting all 500 current routes per event was O(n log n)
+            # calls of IPv4Network.__lt__)
+            for spec in sorted(s for dst, s in current.routes.items() if dst not in want.routes):
+                log.info("removing route %s", spec.line())
+                attempt(f"delete {spec.line()}",
+                        lambda s=spec: self.rtnl.del_route(str(s.dst), gateway=str(s.gateway),
+                                                           oif=self.devices[s.dev]),
+                        missing_ok=True)
             for spec in sorted(current.fdbs - want.fdbs):
                 log.info("removing %s", spec.line())
                 attempt(f"delete {spec.line()}",
                         lambda s=spec: self.rtnl.fdb_del(self.devices[s.dev], s.mac, str(s.dst)),
                         missing_ok=True)
-            for ip, spec in sorted(current.neighs.items()):
-                if ip not in want.neighs:
-                    log.info("removing %s", spec.line())
-                    attempt(f"delete {spec.line()}",
-                            lambda s=spec: self.rtnl.del_neigh(self.devices[s.dev], str(s.ip)),
-                            missing_ok=True)
+            for spec in sorted(s for ip, s in current.neighs.items() if ip not in want.neighs):
+                log.info("removing %s", spec.line())
+                attempt(f"delete {spec.line()}",
+                        lambda s=spec: self.rtnl.del_neigh(self.devices[s.dev], str(s.ip)),
+                        missing_ok=True)
             # additions per peer, in order: neighbour, FDB, route
             for peer in desired.peers:
                 n, f, r = peer.neigh, peer.fdb, peer.route

@@ -21,7 +21,7 @@ from flannel_py.backend import ExternalInterface
 from flannel_py.backend.hostgw import managed_by_network
 from flannel_py.backend.routes import (DEFAULT_CHECK_INTERVAL, DesiredState, FdbSpec, NeighSpec, Peer,
                                        PeerProgrammer, PeriodicCheck, RouteSpec, host_gw_route,
-                                       in_networks)
+                                       in_networks, sorted_peers)
 from flannel_py.config import Config, backend_options
 from flannel_py.subnet.registry import Lease
 
@@ -130,7 +130,7 @@ def render_vxlan(remote: Sequence[Lease], *, dev: str, ext_dev: str, vni: int,
                           RouteSpec(lease.subnet, gw, dev, onlink=True),
                           NeighSpec(gw, mac.lower(), dev),
                           FdbSpec(mac.lower(), attrs.public_ip, dev)))
-    return DesiredState(tuple(sorted(peers)))
+    return DesiredState(sorted_peers(peers))
 
 
 class VxlanBackend:
