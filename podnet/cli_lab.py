@@ -48,6 +48,13 @@ def _lab_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def _lab_restart(args: argparse.Namespace) -> int:
+    from podnet import lab
+    proc = lab.restart(args.name, args.node, args.daemon, kill=args.kill)
+    print(f"{proc.role} on {proc.owner}: pid {proc.pid}")
+    return 0
+
+
 def _rules(args: argparse.Namespace) -> int:
     from podnet import lab, rules_view
     if not args.lab:
@@ -85,6 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     dn.add_argument("--name", default="lab")
     dn.add_argument("--all", action="store_true", help="every lab on this machine")
     dn.set_defaults(func=_lab_down)
+    rs = lab.add_parser("restart", help="restart one node daemon (it adopts its state)")
+    rs.add_argument("--name", default="lab")
+    rs.add_argument("--node", required=True)
+    rs.add_argument("--daemon", choices=["runner", "flanneld", "cni-daemon"], required=True)
+    rs.add_argument("--kill", action="store_true", help="SIGKILL first, as a crash would")
+    rs.set_defaults(func=_lab_restart)
     rules = sub.add_parser("rules", help="a node's routes, neighbours, FDB and rules")
     rules.add_argument("--node", required=True)
     rules.add_argument("--what", default="all",

@@ -389,6 +389,26 @@ def _check_alive(state: LabState) -> None:
             raise LabError(f"{p.role} on {p.owner} exited (log {p.log}):\n{tail}")
 
 
+def restart(name: str, node: str, role: str, *, kill: bool = False) -> Process:
+    """Stop one node daemon (SIGKILL with ``kill``, as a crash would) and start it again
+    with the same command line. Daemons adopt what they find, so pods keep working."""
+    state = LabState.load(name)
+    proc = next((p for p in state.processes if p.owner == node and p.role == role), None)
+    if proc is None:
+        raise LabError(f"lab {name!r} has no {role} on {node!r}")
+    if kill:
+        if pods.is_alive(proc.pid, proc.start_time):
+            os.kill(proc.pid, 9)
+        while pods.is_alive(proc.pid, proc.start_time):
+            time.sleep(0.01)
+    else:
+        pods.stop_process(proc.pid, proc.start_time, grace=5.0)
+    state.processes.remove(proc)
+    fresh = Process(proc.role, proc.owner, proc.netns, proc.argv, proc.log)
+    _spawn(state, fresh)
+    return fresh
+
+
 # --- down and status -------------------------------------------------------------------------
 
 

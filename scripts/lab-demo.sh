@@ -11,7 +11,7 @@ trap '$PODNET lab down --name $LAB' EXIT
 $PODNET lab up --name $LAB --nodes 3 --backend "$BACKEND"
 $PODNET --lab $LAB apply -f examples/pods-on-nodes.yaml
 for _ in $(seq 1 150); do
-    running=$($PODNET --lab $LAB get pods --no-headers 2>/dev/null | grep -c Running || true)
+    running=$($PODNET --lab $LAB get pods 2>/dev/null | grep -c Running || true)
     [ "$running" -ge 3 ] && break
     sleep 0.2
 done
