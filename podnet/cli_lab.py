@@ -1,4 +1,4 @@
-"""``podnet lab up|status|down`` and ``podnet rules --node``."""
+"""``podnet lab up|status|down``, ``podnet rules --node`` and ``podnet node`` (real machines)."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,105 @@ def _rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoints(args: argparse.Namespace) -> str:
+    endpoints = getattr(args, "etcd_endpoints", None)
+    if not endpoints:
+        raise SystemExit(f"podnet node {args.node_cmd}: --etcd-endpoints is required")
+    return endpoints
+
+
+def _node_error(fn):
+    def wrapped(args: argparse.Namespace) -> int:
+        from podnet.node import NodeError
+        try:
+            return fn(args)
+        except NodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return wrapped
+
+
+@_node_error
+def _node_setup(args: argparse.Namespace) -> int:
+    from podnet import node
+    cfg = node.standard(args.name, _endpoints(args), args.iface, args.ip or _iface_ip(args.iface))
+    started = not args.no_start and not args.root
+    for path in node.setup(cfg, root=args.root or "", start=not args.no_start, native=args.native):
+        print(path)
+    if started:
+        _progress(f"node {cfg.name}: podnet-cni, flanneld and podnet-runner enabled and started")
+    return 0
+
+
+def _iface_ip(iface: str) -> str:
+    """The first global IPv4 address of ``iface`` in this namespace (read only)."""
+    import socket
+
+    from podnet import rtnl
+    from podnet.node import NodeError
+    try:
+        with rtnl.RTNL() as h:
+            index = h.link_index(iface)
+            addrs = [a.address for a in h.addrs(family=socket.AF_INET)
+                     if a.index == index and a.scope == 0]
+    except OSError as exc:
+        raise NodeError(f"--iface {iface}: {exc}; give --ip") from None
+    if not addrs:
+        raise NodeError(f"--iface {iface} has no IPv4 address; give --ip")
+    return addrs[0]
+
+
+@_node_error
+def _node_etcd_unit(args: argparse.Namespace) -> int:
+    from podnet import node
+    print(node.setup_etcd(args.name, args.ip, args.initial_cluster, root=args.root or "",
+                          start=not args.no_start, data_dir=args.data_dir))
+    return 0
+
+
+@_node_error
+def _node_init_network(args: argparse.Namespace) -> int:
+    from podnet import node
+    config = node.init_network(_endpoints(args), args.backend, args.network, args.timeout)
+    print(f"{node.FLANNEL_PREFIX}/config = {json.dumps(config)}")
+    return 0
+
+
+def _register_node(sub: argparse._SubParsersAction, backends: tuple[str, ...]) -> None:
+    node = sub.add_parser("node", help="set up a real machine as a node (systemd units)")
+    cmds = node.add_subparsers(dest="node_cmd", required=True)
+    st = cmds.add_parser("setup", help="install the CNI plugins, the conflist and the node's "
+                                       "systemd units (podnet-cni, flanneld, podnet-runner)")
+    st.add_argument("--name", required=True, help="node name (as in pods' spec.nodeName)")
+    st.add_argument("--iface", required=True, help="interface to the other nodes (flanneld --iface)")
+    st.add_argument("--ip", help="the node's address on --iface (default: read from it)")
+    st.add_argument("--root", help="write the files under this directory instead of / "
+                                   "(implies --no-start)")
+    st.add_argument("--no-start", action="store_true", help="do not run systemctl")
+    st.add_argument("--native", dest="native", action="store_true", default=None,
+                    help="install the C shim (default when a C compiler is present)")
+    st.add_argument("--no-native", dest="native", action="store_false",
+                    help="install Python scripts only")
+    st.set_defaults(func=_node_setup)
+    eu = cmds.add_parser("etcd-unit", help="write (and start) podnet-etcd.service")
+    eu.add_argument("--name", required=True, help="etcd member name")
+    eu.add_argument("--ip", required=True, help="address to serve clients and peers on")
+    eu.add_argument("--initial-cluster", help="NAME=http://IP:2380,... (default: this member)")
+    eu.add_argument("--data-dir", default="/var/lib/podnet/etcd")
+    eu.add_argument("--root", help="write the unit under this directory (implies --no-start)")
+    eu.add_argument("--no-start", action="store_true", help="do not run systemctl")
+    eu.set_defaults(func=_node_etcd_unit)
+    net = cmds.add_parser("init-network", help="store flannel's network config in etcd "
+                                               "(waits for etcd to answer)")
+    net.add_argument("--backend", choices=backends, default="vxlan")
+    net.add_argument("--network", default="10.244.0.0/16")
+    net.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for etcd")
+    net.set_defaults(func=_node_init_network)
+    for p in (st, net):
+        p.add_argument("--etcd-endpoints", metavar="URLS", default=argparse.SUPPRESS,
+                       help="comma-separated etcd URLs")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from podnet.lab import BACKENDS
     lab = sub.add_parser("lab", help="a multi-node lab on this machine").add_subparsers(
@@ -103,3 +202,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     rules.add_argument("--what", default="all",
                        choices=["all", "iptables", "ipset", "ipvs", "routes", "fdb", "neigh"])
     rules.set_defaults(func=_rules)
+    _register_node(sub, BACKENDS)

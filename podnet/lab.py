@@ -24,12 +24,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from podnet import netns, pods, rtnl
+from podnet import netns, node as nodecfg, pods, rtnl
 
 LAB_ROOT = "/run/podnet/lab"
 UNDERLAY = ipaddress.ip_network("192.168.200.0/24")
-POD_NETWORK = "10.244.0.0/16"
-FLANNEL_PREFIX = "/coreos.com/network"
+POD_NETWORK = nodecfg.POD_NETWORK
+FLANNEL_PREFIX = nodecfg.FLANNEL_PREFIX
 BACKENDS = ("vxlan", "udp", "host-gw")
 
 
@@ -80,25 +80,29 @@ class Node:
     ip: str
     dir: str
 
+    def config(self, etcd_endpoints: list[str] | tuple[str, ...] = ()) -> nodecfg.NodeConfig:
+        """This node as :mod:`podnet.node` sees it: all its files in its lab directory."""
+        return nodecfg.in_directory(self.name, tuple(etcd_endpoints), "eth0", self.ip, self.dir)
+
     @property
     def cni_bin(self) -> str:
-        return os.path.join(self.dir, "bin")
+        return self.config().cni_bin
 
     @property
     def cni_socket(self) -> str:
-        return os.path.join(self.dir, "cni.sock")
+        return self.config().cni_socket
 
     @property
     def conflist(self) -> str:
-        return os.path.join(self.dir, "10-flannel.conflist")
+        return self.config().conflist
 
     @property
     def subnet_file(self) -> str:
-        return os.path.join(self.dir, "subnet.env")
+        return self.config().subnet_file
 
     @property
     def runner_dir(self) -> str:
-        return os.path.join(self.dir, "runner")
+        return self.config().runner_dir
 
 
 @dataclass
@@ -176,47 +180,24 @@ def plan(spec: LabSpec, python: str = sys.executable) -> LabState:
 
 def etcd_argv(m: Member, members: list[Member]) -> list[str]:
     cluster = ",".join(f"{x.name}={x.peer_url}" for x in members)
-    return ["etcd", "--name", m.name, "--data-dir", m.data_dir,
-            "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
-            "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
-            "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--listen-metrics-urls", f"http://{m.ip}:2381",
-            "--max-txn-ops", "1024"]  # `podnet apply` stores a whole file in one transaction
+    return nodecfg.etcd_argv(m.name, m.ip, m.data_dir, cluster)
 
 
 def node_processes(state: LabState, node: Node, python: str = sys.executable) -> list[Process]:
-    endpoints = ",".join(state.etcd_endpoints)
+    """The node's daemons as :func:`podnet.node.daemons` gives them, run in its namespace."""
     logs = os.path.join(state.dir, "logs")
-    return [
-        Process("cni-daemon", node.name, node.netns,
-                [python, "-m", "podnet", "cni", "daemon", "--socket", node.cni_socket],
-                os.path.join(logs, f"{node.name}-cni-daemon.log")),
-        Process("flanneld", node.name, node.netns,
-                [python, "-m", "flannel_py", f"--etcd-endpoints={endpoints}", "--iface=eth0",
-                 "--ip-masq", f"--subnet-file={node.subnet_file}", "--healthz-port=10256",
-                 f"--healthz-ip={node.ip}"],
-                os.path.join(logs, f"{node.name}-flanneld.log")),
-        Process("runner", node.name, node.netns,
-                [python, "-m", "podnet", "--etcd-endpoints", endpoints, "runner",
-                 "--node", node.name, "--cni-bin", node.cni_bin, "--cni-conf", node.conflist,
-                 "--state-dir", node.runner_dir],
-                os.path.join(logs, f"{node.name}-runner.log")),
-    ]
+    return [Process(role, node.name, node.netns, argv,
+                    os.path.join(logs, f"{node.name}-{role}.log"))
+            for role, argv in nodecfg.daemons(node.config(state.etcd_endpoints), python)]
 
 
 def flannel_conflist(node: Node) -> dict[str, Any]:
     """The node's CNI config: flannel (→ bridge + host-local) then portmap, state in the lab."""
-    return {"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
-        {"type": "flannel", "subnetFile": node.subnet_file,
-         "dataDir": os.path.join(node.dir, "cni", "flannel"),
-         "delegate": {"hairpinMode": True, "isDefaultGateway": True},
-         "ipam": {"dataDir": os.path.join(node.dir, "cni", "networks")}},
-        {"type": "portmap", "capabilities": {"portMappings": True}},
-    ]}
+    return nodecfg.conflist(node.config())
 
 
 def network_config(backend: str) -> dict[str, Any]:
-    return {"Network": POD_NETWORK, "Backend": {"Type": backend}}
+    return nodecfg.network_config(backend)
 
 
 def node_object(node: Node, ready: bool, pod_cidr: str | None = None) -> dict[str, Any]:
@@ -342,13 +323,8 @@ def _wait_for_etcd(state: LabState, timeout: float):
 
 
 def _start_nodes(state: LabState) -> None:
-    from cni.install import install
     for node in state.nodes:
-        for d in (node.cni_bin, node.runner_dir, os.path.join(node.dir, "cni")):
-            os.makedirs(d, exist_ok=True)
-        install(node.cni_bin, node.cni_socket)
-        with open(node.conflist, "w") as f:
-            json.dump(flannel_conflist(node), f, indent=2)
+        nodecfg.install_files(node.config(state.etcd_endpoints))
         for proc in node_processes(state, node):
             _spawn(state, proc)
 
