@@ -11,7 +11,7 @@ from ipaddress import IPv4Network
 from typing import Any, Sequence
 
 from flannel_py.backend import ExternalInterface
-from flannel_py.backend.routes import (DEFAULT_CHECK_INTERVAL, DesiredState, Peer, PeerProgrammer,
+from flannel_py.backend.routes import (PeerBackend, DEFAULT_CHECK_INTERVAL, DesiredState, Peer, PeerProgrammer,
                                        PeriodicCheck, RouteSpec, host_gw_route, sorted_peers)
 from flannel_py.config import Config
 from flannel_py.subnet.registry import Lease
@@ -49,7 +49,9 @@ def managed_by_network(network: IPv4Network | None, own: IPv4Network | None, dev
     return managed
 
 
-class HostGwBackend:
+class HostGwBackend(PeerBackend):
+    check_name = "route check"
+
     type = BACKEND_TYPE
 
     def __init__(self, ext: ExternalInterface, config: Config, *, rtnl: Any = None,
@@ -83,20 +85,3 @@ class HostGwBackend:
     def desired(self, remote: Sequence[Lease]) -> DesiredState:
         return render_host_gw(remote, self.ext.name)
 
-    def reconcile(self, remote: Sequence[Lease]) -> None:
-        assert self.programmer is not None, "start() first"
-        self.remote = list(remote)
-        self.programmer.apply(self.desired(self.remote))
-
-    def resync(self, remote: Sequence[Lease] | None = None) -> None:
-        """Full check against the kernel (periodic, and on the daemon's resync)."""
-        if self.programmer is None:
-            return
-        if remote is not None:
-            self.remote = list(remote)
-        n = self.programmer.apply(self.desired(self.remote), verify=True)
-        if n:
-            log.info("route check: %d change(s) made", n)
-
-    def stop(self) -> None:
-        self.checker.stop()

@@ -248,3 +248,36 @@ class PeriodicCheck:
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join(5)
+
+
+class PeerBackend:
+    """What the vxlan and host-gw backends share: the remote leases rendered into a
+    :class:`DesiredState` by ``desired()``, applied by ``self.programmer`` (set in their
+    ``start()``), and verified against the kernel by ``self.checker`` and on resync."""
+
+    check_name = "route check"
+    programmer: "PeerProgrammer | None"
+    checker: "PeriodicCheck"
+    remote: list
+
+    def desired(self, remote):  # pragma: no cover - each backend renders its own
+        raise NotImplementedError
+
+    def reconcile(self, remote) -> None:
+        assert self.programmer is not None, "start() first"
+        self.remote = list(remote)
+        self.programmer.apply(self.desired(self.remote))
+
+    def resync(self, remote=None) -> None:
+        """Full check against the kernel (periodic, and on the daemon's resync)."""
+        if self.programmer is None:
+            return
+        if remote is not None:
+            self.remote = list(remote)
+        n = self.programmer.apply(self.desired(self.remote), verify=True)
+        if n:
+            logging.getLogger(type(self).__module__).info("%s: %d change(s) made",
+                                                          self.check_name, n)
+
+    def stop(self) -> None:
+        self.checker.stop()

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from flannel_py.backend import ExternalInterface
 from flannel_py.backend.hostgw import managed_by_network
-from flannel_py.backend.routes import (DEFAULT_CHECK_INTERVAL, DesiredState, FdbSpec, NeighSpec, Peer,
+from flannel_py.backend.routes import (PeerBackend, DEFAULT_CHECK_INTERVAL, DesiredState, FdbSpec, NeighSpec, Peer,
                                        PeerProgrammer, PeriodicCheck, RouteSpec, host_gw_route,
                                        in_networks, sorted_peers)
 from flannel_py.config import Config, backend_options
@@ -133,7 +133,9 @@ def render_vxlan(remote: Sequence[Lease], *, dev: str, ext_dev: str, vni: int,
     return DesiredState(sorted_peers(peers))
 
 
-class VxlanBackend:
+class VxlanBackend(PeerBackend):
+    check_name = "vxlan check"
+
     type = BACKEND_TYPE
 
     def __init__(self, ext: ExternalInterface, config: Config, *, rtnl: Any = None,
@@ -196,22 +198,6 @@ class VxlanBackend:
                             direct_routing=self.opts.direct_routing,
                             local_networks=self.local_networks)
 
-    def reconcile(self, remote: Sequence[Lease]) -> None:
-        assert self.programmer is not None, "start() first"
-        self.remote = list(remote)
-        self.programmer.apply(self.desired(self.remote))
-
-    def resync(self, remote: Sequence[Lease] | None = None) -> None:
-        if self.programmer is None:
-            return
-        if remote is not None:
-            self.remote = list(remote)
-        n = self.programmer.apply(self.desired(self.remote), verify=True)
-        if n:
-            log.info("vxlan check: %d change(s) made", n)
-
-    def stop(self) -> None:
-        self.checker.stop()
 
 
 def _vxlan_managed(dev: str, network: IPv4Network, own: IPv4Network, ext_dev: str):
