@@ -1,0 +1,1 @@
+"""kube-proxy's iptables mode: chain names (:mod:`.names`) and the pure renderer (:mod:`.render`)."""
