@@ -153,203 +153,329 @@ def render(ports: Iterable[ServicePort], endpoints: Mapping[PortKey, Sequence[En
             gc.enable()
 
 
+
+class PortParts:
+    """One service port's share of the tables: its rules in the shared chains and its own
+    chains. ``blocks`` is ``None`` when the port's chains were not rendered (partial sync);
+    ``active`` always lists the per-service nat chains the port uses."""
+
+    __slots__ = ("sp", "f_nodeports", "f_services", "f_external", "f_firewall", "n_nodeports",
+                 "n_services", "blocks", "active", "nat_rules", "no_local_int", "no_local_ext")
+
+    def __init__(self, sp: ServicePort) -> None:
+        self.sp = sp
+        self.f_nodeports: list[str] = []
+        self.f_services: list[str] = []
+        self.f_external: list[str] = []
+        self.f_firewall: list[str] = []
+        self.n_nodeports: list[str] = []
+        self.n_services: list[str] = []
+        self.blocks: list[tuple[str, str]] | None = None  # (chain, its rules joined by "\n")
+        self.active: list[str] = []
+        self.nat_rules = 0  # rules in ``blocks``
+        self.no_local_int = 0
+        self.no_local_ext = 0
+
+
+@dataclass(frozen=True)
+class PortContext:
+    """What :func:`render_port` needs besides the port: node settings and the cluster-wide
+    large-cluster switch (which changes every KUBE-SEP chain when it flips)."""
+
+    options: ProxyOptions
+    large: bool
+    if_local: str
+    if_not_local: str
+
+
+def port_context(options: ProxyOptions, large: bool) -> PortContext:
+    if options.cluster_cidr:
+        return PortContext(options, large, f"-s {options.cluster_cidr}",
+                           f"! -s {options.cluster_cidr}")
+    return PortContext(options, large, "", "")
+
+
+def is_large(ports: Iterable[ServicePort], endpoints: Mapping[PortKey, Sequence[Endpoint]]
+             ) -> bool:
+    """Upstream's large-cluster mode: more than LARGE_CLUSTER_ENDPOINTS endpoints in all."""
+    empty: tuple[Endpoint, ...] = ()
+    return sum(len(endpoints.get(sp.key, empty)) for sp in ports) > LARGE_CLUSTER_ENDPOINTS
+
+
+def render_port(sp: ServicePort, eps: Sequence[Endpoint], ctx: PortContext,
+                write_chains: bool = True) -> PortParts:
+    """Render one service port (see :func:`render`); ``write_chains=False`` leaves its own
+    chains out, as a partial sync does for unchanged services."""
+    o = ctx.options
+    node = o.node_name
+    large = ctx.large
+    if_local, if_not_local = ctx.if_local, ctx.if_not_local
+    parts = PortParts(sp)
+    f_nodeports = parts.f_nodeports
+    f_services = parts.f_services
+    f_external = parts.f_external
+    f_firewall = parts.f_firewall
+    n_nodeports = parts.n_nodeports
+    n_services = parts.n_services
+    active = parts.active
+    blocks: list[tuple[str, str]] = []
+    nat_rules = 0
+    no_local_int = no_local_ext = 0
+    name = sp.name_string
+    proto = sp.proto
+    pm = f"-m {proto} -p {proto}"
+    cluster, local, reachable, has_any = categorize(sp, eps, node)
+    svc, svl, ext, fw = sp.svc_chain, sp.svl_chain, sp.ext_chain, sp.fw_chain
+    uses_cluster = bool(cluster) and sp.uses_cluster_endpoints
+    uses_local = bool(local) and sp.uses_local_endpoints
+
+    internal_chain, has_internal = svc, has_any
+    if sp.internal_policy_local:
+        internal_chain = svl
+        if not local:
+            has_internal = False
+    external_policy_chain, has_external = svc, has_any
+    if sp.external_policy_local:
+        external_policy_chain = svl
+        if not local:
+            has_external = False
+    uses_ext = has_any and sp.externally_accessible
+    lb_ips = sp.load_balancer_ips
+    uses_fw = has_any and bool(lb_ips) and bool(sp.load_balancer_source_ranges)
+    lb_chain = fw if uses_fw else ext
+
+    int_target = ext_target = int_comment = ext_comment = ""
+    if not has_any:
+        int_target = ext_target = "REJECT"
+        int_comment = ext_comment = f'"{name} has no endpoints"'
+    else:
+        if not has_internal:
+            int_target, int_comment = "DROP", f'"{name} has no local endpoints"'
+            no_local_int += 1
+        if not has_external:
+            ext_target, ext_comment = "DROP", f'"{name} has no local endpoints"'
+            no_local_ext += 1
+
+    port = sp.port
+    cluster_match = (f'-m comment --comment "{name} cluster IP" {pm} -d {sp.cluster_ip}'
+                     f" --dport {port}")
+    if has_internal:
+        n_services.append(f"-A KUBE-SERVICES {cluster_match} -j {internal_chain}")
+    else:
+        f_services.append(f"-A KUBE-SERVICES -m comment --comment {int_comment} {pm}"
+                          f" -d {sp.cluster_ip} --dport {port} -j {int_target}")
+
+    for ip in sp.external_ips:
+        if has_any:
+            n_services.append(f'-A KUBE-SERVICES -m comment --comment "{name} external IP"'
+                              f" {pm} -d {ip} --dport {port} -j {ext}")
+        if not has_external:
+            f_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}"
+                              f" {pm} -d {ip} --dport {port} -j {ext_target}")
+    for ip in lb_ips:
+        if has_any:
+            n_services.append(f'-A KUBE-SERVICES -m comment --comment "{name} loadbalancer IP"'
+                              f" {pm} -d {ip} --dport {port} -j {lb_chain}")
+        if uses_fw:
+            f_firewall.append(f'-A KUBE-PROXY-FIREWALL -m comment --comment "{name} traffic'
+                              f' not accepted by {fw}" {pm} -d {ip} --dport {port} -j DROP')
+    if not has_external:
+        for ip in lb_ips:
+            f_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}"
+                              f" {pm} -d {ip} --dport {port} -j {ext_target}")
+    if sp.node_port:
+        if has_any:
+            n_nodeports.append(f"-A KUBE-NODEPORTS -m comment --comment {name} {pm}"
+                               f" --dport {sp.node_port} -j {ext}")
+        if not has_external:
+            f_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}"
+                              f" -m addrtype --dst-type LOCAL {pm} --dport {sp.node_port}"
+                              f" -j {ext_target}")
+    if sp.health_check_node_port:
+        f_nodeports.append(f'-A KUBE-NODEPORTS -m comment --comment "{name} health check'
+                           f' node port" -m tcp -p tcp --dport {sp.health_check_node_port}'
+                           " -j ACCEPT")
+
+    # Per-service chains. Their names are active even when a partial sync skips them.
+    if uses_ext:
+        active.append(ext)
+    if uses_fw:
+        active.append(fw)
+    if uses_cluster:
+        active.append(svc)
+    if uses_local:
+        active.append(svl)
+    for e in reachable:
+        active.append(e.chain)
+    parts.no_local_int, parts.no_local_ext = no_local_int, no_local_ext
+    if not write_chains:
+        return parts
+
+    svc_lines: list[str] = []
+    svl_lines: list[str] = []
+    if has_internal:
+        masq_into = svl_lines if internal_chain == svl else svc_lines
+        if o.masquerade_all:
+            masq_into.append(f"-A {internal_chain} {cluster_match} -j {_MASQ}")
+        elif if_not_local:
+            masq_into.append(f"-A {internal_chain} {cluster_match} {if_not_local} -j {_MASQ}")
+
+    if uses_ext:
+        lines = []
+        if not sp.external_policy_local:
+            lines.append(f'-A {ext} -m comment --comment "masquerade traffic for {name}'
+                         f' external destinations" -j {_MASQ}')
+        else:
+            # OPEN: with internalTrafficPolicy Local too, upstream's layout jumps to {svc}
+            # here although no KUBE-SVC chain is written (uses_cluster is false), and the
+            # restore would fail. Kept as upstream reads until that is settled.
+            if if_local:
+                lines.append(f'-A {ext} -m comment --comment "pod traffic for {name} external'
+                             f' destinations" {if_local} -j {svc}')
+            lines.append(f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name}'
+                         f' external destinations" -m addrtype --src-type LOCAL -j {_MASQ}')
+            lines.append(f'-A {ext} -m comment --comment "route LOCAL traffic for {name}'
+                         f' external destinations" -m addrtype --src-type LOCAL -j {svc}')
+        if has_external:
+            lines.append(f"-A {ext} -j {external_policy_chain}")
+        blocks.append((ext, "\n".join(lines)))
+        nat_rules += len(lines)
+
+    if uses_fw:
+        head = f'-A {fw} -m comment --comment "{name} loadbalancer IP"'
+        lines = []
+        allow_node = False
+        node_ip = o.node_ip
+        for cidr in sp.load_balancer_source_ranges:
+            lines.append(f"{head} -s {cidr} -j {ext}")
+            if node_ip and _cidr_contains(cidr, node_ip):
+                allow_node = True
+        if allow_node:
+            lines.extend(f"{head} -s {ip} -j {ext}" for ip in lb_ips)
+        lines.append(f'-A {fw} -m comment --comment "other traffic to {name} will be dropped'
+                     ' by KUBE-PROXY-FIREWALL"')
+        blocks.append((fw, "\n".join(lines)))
+        nat_rules += len(lines)
+
+    if uses_cluster:
+        _endpoint_dispatch(svc_lines, svc, sp, cluster, large)
+        blocks.append((svc, "\n".join(svc_lines)))
+        nat_rules += len(svc_lines)
+    if uses_local:
+        _endpoint_dispatch(svl_lines, svl, sp, local, large)
+        blocks.append((svl, "\n".join(svl_lines)))
+        nat_rules += len(svl_lines)
+
+    cm = "" if large else f"-m comment --comment {name} "
+    affinity = sp.session_affinity_seconds is not None
+    for e in reachable:
+        c = e.chain
+        recent = f"-m recent --name {c} --set " if affinity else ""
+        blocks.append((c, f"-A {c} {cm}-s {e.ip} -j {_MASQ}\n"
+                           f"-A {c} {cm}{recent}{pm} -j DNAT --to-destination {e.text}"))
+    nat_rules += 2 * len(reachable)
+    parts.blocks = blocks
+    parts.nat_rules = nat_rules
+    return parts
+
+
 def _render(ports: Iterable[ServicePort], endpoints: Mapping[PortKey, Sequence[Endpoint]],
             options: ProxyOptions, changed: Collection[str] | None,
             delete_chains: Iterable[str]) -> Rendered:
-    o = options
-    node = o.node_name
-    mark = o.masquerade_mark
-    v6 = o.ip_family == 6
-    if o.cluster_cidr:
-        if_local, if_not_local = f"-s {o.cluster_cidr}", f"! -s {o.cluster_cidr}"
-    else:
-        if_local = if_not_local = ""
-
     # Services sorted by "ns/name" then port name, so KUBE-SERVICES comes out in the order
     # upstream's tests sort it (the name string, not the (ns, name) tuple).
     by_key: dict[PortKey, ServicePort] = {}
     for sp in ports:
         by_key.setdefault(sp.key, sp)
-    ordered = sorted(by_key.values(), key=lambda s: (s.service_name, s.port_name, s.protocol))
+    ordered = sorted(by_key.values(), key=port_order)
     empty: tuple[Endpoint, ...] = ()
-    large = sum(len(endpoints.get(k, empty)) for k in by_key) > LARGE_CLUSTER_ENDPOINTS
+    large = is_large(ordered, endpoints)
+    ctx = port_context(options, large)
+    parts = [render_port(sp, endpoints.get(sp.key, empty), ctx,
+                         changed is None or sp.service_name in changed) for sp in ordered]
+    top = render_top(parts, options)
+    blocks = list(top.nat_blocks)
+    nat_rules = top.nat_rules
+    active: set[str] = set()
+    no_local_int = no_local_ext = 0
+    for p in parts:
+        active.update(p.active)
+        no_local_int += p.no_local_int
+        no_local_ext += p.no_local_ext
+        if p.blocks is not None:
+            blocks += p.blocks
+            nat_rules += p.nat_rules
+    deleted = sorted(set(delete_chains))
+    clash = active.intersection(deleted)
+    if clash:
+        raise ValueError(f"chains both in use and to be deleted: {sorted(clash)}")
+    blocks.extend((c, "") for c in deleted)
+    blocks.sort(key=itemgetter(0))
+    chains = [c for c, _ in blocks]
+    out = [top.filter_text, "*nat", ":KUBE-NODEPORTS - [0:0]", ":KUBE-SERVICES - [0:0]"]
+    if chains:
+        out.append(":" + " - [0:0]\n:".join(chains) + " - [0:0]")
+    out += top.nat_lines
+    out += [text for _, text in blocks if text]
+    out += [f"-X {c}" for c in deleted]
+    out.append("COMMIT\n")
+    return Rendered(text="\n".join(out), nat_chains=frozenset(active),
+                    filter_rules=top.filter_rules, nat_rules=nat_rules, large_cluster=large,
+                    services_without_local_endpoints_internal=no_local_int,
+                    services_without_local_endpoints_external=no_local_ext)
 
+
+def port_order(sp: ServicePort) -> tuple[str, str, str]:
+    """The order of service ports in KUBE-SERVICES and friends."""
+    return (sp.service_name, sp.port_name, sp.protocol)
+
+
+@dataclass(frozen=True)
+class TopLevel:
+    """The shared chains: ``filter_text`` is the whole ``*filter`` section (without a
+    trailing newline); ``nat_lines`` the KUBE-NODEPORTS and KUBE-SERVICES rules;
+    ``nat_blocks`` KUBE-POSTROUTING and KUBE-MARK-MASQ as ``(chain, rules)``;
+    ``nat_rules`` counts the rules of both."""
+
+    filter_text: str
+    nat_lines: list[str]
+    nat_blocks: tuple[tuple[str, str], ...]
+    filter_rules: int
+    nat_rules: int
+
+
+def render_top(parts: Iterable[PortParts], options: ProxyOptions) -> TopLevel:
+    """Assemble the shared chains from the ports' parts, given in :func:`port_order`."""
+    o = options
+    mark = o.masquerade_mark
+    v6 = o.ip_family == 6
     f_nodeports: list[str] = []
     f_services: list[str] = []
     f_external: list[str] = []
     f_firewall: list[str] = []
     n_nodeports: list[str] = []
     n_services: list[str] = []
-    # (chain, its rules joined by "\n"); sorted by chain name at the end.
-    blocks: list[tuple[str, str]] = []
-    nat_rules = 0
-    active: set[str] = set()
-    no_local_int = no_local_ext = 0
-
-    for sp in ordered:
-        name = sp.name_string
-        proto = sp.proto
-        pm = f"-m {proto} -p {proto}"
-        eps = endpoints.get(sp.key, empty)
-        cluster, local, reachable, has_any = categorize(sp, eps, node)
-        svc, svl, ext, fw = sp.svc_chain, sp.svl_chain, sp.ext_chain, sp.fw_chain
-        uses_cluster = bool(cluster) and sp.uses_cluster_endpoints
-        uses_local = bool(local) and sp.uses_local_endpoints
-
-        internal_chain, has_internal = svc, has_any
-        if sp.internal_policy_local:
-            internal_chain = svl
-            if not local:
-                has_internal = False
-        external_policy_chain, has_external = svc, has_any
-        if sp.external_policy_local:
-            external_policy_chain = svl
-            if not local:
-                has_external = False
-        uses_ext = has_any and sp.externally_accessible
-        lb_ips = sp.load_balancer_ips
-        uses_fw = has_any and bool(lb_ips) and bool(sp.load_balancer_source_ranges)
-        lb_chain = fw if uses_fw else ext
-
-        int_target = ext_target = int_comment = ext_comment = ""
-        if not has_any:
-            int_target = ext_target = "REJECT"
-            int_comment = ext_comment = f'"{name} has no endpoints"'
-        else:
-            if not has_internal:
-                int_target, int_comment = "DROP", f'"{name} has no local endpoints"'
-                no_local_int += 1
-            if not has_external:
-                ext_target, ext_comment = "DROP", f'"{name} has no local endpoints"'
-                no_local_ext += 1
-
-        port = sp.port
-        cluster_match = (f'-m comment --comment "{name} cluster IP" {pm} -d {sp.cluster_ip}'
-                         f" --dport {port}")
-        if has_internal:
-            n_services.append(f"-A KUBE-SERVICES {cluster_match} -j {internal_chain}")
-        else:
-            f_services.append(f"-A KUBE-SERVICES -m comment --comment {int_comment} {pm}"
-                              f" -d {sp.cluster_ip} --dport {port} -j {int_target}")
-
-        for ip in sp.external_ips:
-            if has_any:
-                n_services.append(f'-A KUBE-SERVICES -m comment --comment "{name} external IP"'
-                                  f" {pm} -d {ip} --dport {port} -j {ext}")
-            if not has_external:
-                f_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}"
-                                  f" {pm} -d {ip} --dport {port} -j {ext_target}")
-        for ip in lb_ips:
-            if has_any:
-                n_services.append(f'-A KUBE-SERVICES -m comment --comment "{name} loadbalancer IP"'
-                                  f" {pm} -d {ip} --dport {port} -j {lb_chain}")
-            if uses_fw:
-                f_firewall.append(f'-A KUBE-PROXY-FIREWALL -m comment --comment "{name} traffic'
-                                  f' not accepted by {fw}" {pm} -d {ip} --dport {port} -j DROP')
-        if not has_external:
-            for ip in lb_ips:
-                f_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}"
-                                  f" {pm} -d {ip} --dport {port} -j {ext_target}")
-        if sp.node_port:
-            if has_any:
-                n_nodeports.append(f"-A KUBE-NODEPORTS -m comment --comment {name} {pm}"
-                                   f" --dport {sp.node_port} -j {ext}")
-            if not has_external:
-                f_external.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}"
-                                  f" -m addrtype --dst-type LOCAL {pm} --dport {sp.node_port}"
-                                  f" -j {ext_target}")
-        if sp.health_check_node_port:
-            f_nodeports.append(f'-A KUBE-NODEPORTS -m comment --comment "{name} health check'
-                               f' node port" -m tcp -p tcp --dport {sp.health_check_node_port}'
-                               " -j ACCEPT")
-
-        # Per-service chains. Their names are active even when a partial sync skips them.
-        if uses_ext:
-            active.add(ext)
-        if uses_fw:
-            active.add(fw)
-        if uses_cluster:
-            active.add(svc)
-        if uses_local:
-            active.add(svl)
-        for e in reachable:
-            active.add(e.chain)
-        if changed is not None and sp.service_name not in changed:
-            continue
-
-        svc_lines: list[str] = []
-        svl_lines: list[str] = []
-        if has_internal:
-            masq_into = svl_lines if internal_chain == svl else svc_lines
-            if o.masquerade_all:
-                masq_into.append(f"-A {internal_chain} {cluster_match} -j {_MASQ}")
-            elif if_not_local:
-                masq_into.append(f"-A {internal_chain} {cluster_match} {if_not_local} -j {_MASQ}")
-
-        if uses_ext:
-            lines = []
-            if not sp.external_policy_local:
-                lines.append(f'-A {ext} -m comment --comment "masquerade traffic for {name}'
-                             f' external destinations" -j {_MASQ}')
-            else:
-                # OPEN: with internalTrafficPolicy Local too, upstream's layout jumps to {svc}
-                # here although no KUBE-SVC chain is written (uses_cluster is false), and the
-                # restore would fail. Kept as upstream reads until that is settled.
-                if if_local:
-                    lines.append(f'-A {ext} -m comment --comment "pod traffic for {name} external'
-                                 f' destinations" {if_local} -j {svc}')
-                lines.append(f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name}'
-                             f' external destinations" -m addrtype --src-type LOCAL -j {_MASQ}')
-                lines.append(f'-A {ext} -m comment --comment "route LOCAL traffic for {name}'
-                             f' external destinations" -m addrtype --src-type LOCAL -j {svc}')
-            if has_external:
-                lines.append(f"-A {ext} -j {external_policy_chain}")
-            blocks.append((ext, "\n".join(lines)))
-            nat_rules += len(lines)
-
-        if uses_fw:
-            head = f'-A {fw} -m comment --comment "{name} loadbalancer IP"'
-            lines = []
-            allow_node = False
-            node_ip = o.node_ip
-            for cidr in sp.load_balancer_source_ranges:
-                lines.append(f"{head} -s {cidr} -j {ext}")
-                if node_ip and _cidr_contains(cidr, node_ip):
-                    allow_node = True
-            if allow_node:
-                lines.extend(f"{head} -s {ip} -j {ext}" for ip in lb_ips)
-            lines.append(f'-A {fw} -m comment --comment "other traffic to {name} will be dropped'
-                         ' by KUBE-PROXY-FIREWALL"')
-            blocks.append((fw, "\n".join(lines)))
-            nat_rules += len(lines)
-
-        if uses_cluster:
-            _endpoint_dispatch(svc_lines, svc, sp, cluster, large)
-            blocks.append((svc, "\n".join(svc_lines)))
-            nat_rules += len(svc_lines)
-        if uses_local:
-            _endpoint_dispatch(svl_lines, svl, sp, local, large)
-            blocks.append((svl, "\n".join(svl_lines)))
-            nat_rules += len(svl_lines)
-
-        cm = "" if large else f"-m comment --comment {name} "
-        affinity = sp.session_affinity_seconds is not None
-        for e in reachable:
-            c = e.chain
-            recent = f"-m recent --name {c} --set " if affinity else ""
-            blocks.append((c, f"-A {c} {cm}-s {e.ip} -j {_MASQ}\n"
-                               f"-A {c} {cm}{recent}{pm} -j DNAT --to-destination {e.text}"))
-        nat_rules += 2 * len(reachable)
-
+    for p in parts:
+        if p.f_nodeports:
+            f_nodeports += p.f_nodeports
+        if p.f_services:
+            f_services += p.f_services
+        if p.f_external:
+            f_external += p.f_external
+        if p.f_firewall:
+            f_firewall += p.f_firewall
+        if p.n_nodeports:
+            n_nodeports += p.n_nodeports
+        n_services += p.n_services
     # Top-level nat chains.
-    blocks.append((names.POSTROUTING, "\n".join([
+    blocks = [(names.POSTROUTING, "\n".join([
         f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
         f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
         '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT"'
         " -j MASQUERADE" + (" --random-fully" if o.random_fully else ""),
-    ])))
+    ]))]
     blocks.append((names.MARK_MASQ, f"-A KUBE-MARK-MASQ -j MARK --or-mark {mark}"))
-    nat_rules += 4
+    nat_rules = 4
 
     localhost_nodeports = o.localhost_nodeports and not v6 and (
         o.nodeport_ips is None or any(_is_loopback(ip) for ip in o.nodeport_ips))
@@ -392,26 +518,9 @@ def _render(ports: Iterable[ServicePort], endpoints: Mapping[PortKey, Sequence[E
     filter_rules = (len(f_nodeports) + len(f_services) + len(f_external) + len(f_kubelet)
                     + len(f_forward) + len(f_firewall))
 
-    deleted = sorted(set(delete_chains))
-    clash = active.intersection(deleted)
-    if clash:
-        raise ValueError(f"chains both in use and to be deleted: {sorted(clash)}")
-    blocks.extend((c, "") for c in deleted)
-    blocks.sort(key=itemgetter(0))
-    chains = [c for c, _ in blocks]
-    out += ["*nat", ":KUBE-NODEPORTS - [0:0]", ":KUBE-SERVICES - [0:0]"]
-    if chains:
-        out.append(":" + " - [0:0]\n:".join(chains) + " - [0:0]")
-    out += n_nodeports
-    out += n_services
     nat_rules += len(n_nodeports) + len(n_services)
-    out += [text for _, text in blocks if text]
-    out += [f"-X {c}" for c in deleted]
-    out.append("COMMIT\n")
-    return Rendered(text="\n".join(out), nat_chains=frozenset(active),
-                    filter_rules=filter_rules, nat_rules=nat_rules, large_cluster=large,
-                    services_without_local_endpoints_internal=no_local_int,
-                    services_without_local_endpoints_external=no_local_ext)
+    return TopLevel(filter_text="\n".join(out), nat_lines=n_nodeports + n_services,
+                    nat_blocks=tuple(blocks), filter_rules=filter_rules, nat_rules=nat_rules)
 
 
 def render_objects(services: Iterable[Mapping[str, Any]],
