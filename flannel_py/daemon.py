@@ -236,7 +236,9 @@ class Daemon:
         try:
             self.backend = create_backend(ext, config, rtnl=self.rtnl(),
                                           check_interval=self.route_check_interval)
-            attrs = LeaseAttrs(public_ip=ext.public_ip, backend_type=self.backend.type,
+            # Upstream's udp backend publishes no BackendType: its leases stay byte-compatible.
+            lease_type = getattr(self.backend, "lease_backend_type", self.backend.type)
+            attrs = LeaseAttrs(public_ip=ext.public_ip, backend_type=lease_type,
                                backend_data=self.backend.backend_data())
         except UnknownBackend as exc:
             log.error("Error fetching backend: %s", exc)

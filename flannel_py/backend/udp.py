@@ -95,6 +95,7 @@ class UdpBackend:
     ``persist``: leave flannel0 in place when the daemon exits (default)."""
 
     type = "udp"
+    lease_backend_type = ""  # upstream leaves BackendType out of udp leases
 
     def __init__(self, ext_iface: ExternalInterface, config: Config, *,
                  mode: str | None = None, persist: bool = True,

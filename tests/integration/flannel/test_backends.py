@@ -216,3 +216,22 @@ def test_vxlan_recreates_incompatible_device(make_cluster):
     data = ip_j(node.ns, "-d", "link", "show", "flannel.1")[0]["linkinfo"]["info_data"]
     assert (data["id"], data["port"]) == (1, 8472)
     assert "already exists with incompatible configuration: port: 4789 vs 8472" in c.log(node)
+
+
+def test_udp_cluster(make_cluster):
+    c = make_cluster(3)
+    start_all(c, {"Type": "udp"})
+    leases = c.leases()
+    for node in c.nodes:
+        key = c.subnet_of(node).replace("/", "-")
+        # upstream's udp backend publishes no BackendType
+        assert leases[key] == '{"PublicIP":"%s","PublicIPv6":null}' % node.ip
+        assert node.subnet_file.read_text() == expected_env(c.subnet_of(node), 1472)
+        link = ip_j(node.ns, "-d", "link", "show", "flannel0")[0]
+        assert link["mtu"] == 1472 and "UP" in link["flags"]
+        addrs = [f"{a['local']}/{a['prefixlen']}" for a in
+                 ip_j(node.ns, "addr", "show", "flannel0")[0]["addr_info"] if a["family"] == "inet"]
+        assert addrs == [f"{ipaddress.ip_network(c.subnet_of(node)).network_address}/32"]
+        routes = [r["dst"] for r in ip_j(node.ns, "route", "show", "dev", "flannel0")]
+        assert NET in routes
+    check_pods(c)
