@@ -194,7 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rs = lab.add_parser("restart", help="restart one node daemon (it adopts its state)")
     rs.add_argument("--name", default="lab")
     rs.add_argument("--node", required=True)
-    rs.add_argument("--daemon", choices=["runner", "flanneld", "cni-daemon"], required=True)
+    rs.add_argument("--daemon", choices=["runner", "flanneld", "cni-daemon", "kube-proxy"], required=True)
     rs.add_argument("--kill", action="store_true", help="SIGKILL first, as a crash would")
     rs.set_defaults(func=_lab_restart)
     rules = sub.add_parser("rules", help="a node's routes, neighbours, FDB and rules")

@@ -31,6 +31,7 @@ UNDERLAY = ipaddress.ip_network("192.168.200.0/24")
 POD_NETWORK = nodecfg.POD_NETWORK
 FLANNEL_PREFIX = nodecfg.FLANNEL_PREFIX
 BACKENDS = ("vxlan", "udp", "host-gw")
+SERVICE_CIDR = "10.96.0.0/12"     # podnet.store.DEFAULT_SERVICE_CIDR
 
 
 class LabError(Exception):
@@ -55,6 +56,8 @@ class LabSpec:
             raise LabError(f"--backend {self.backend!r}: one of {', '.join(BACKENDS)}")
         if self.etcd_members not in (1, 3):
             raise LabError(f"--etcd-members {self.etcd_members}: 1 or 3")
+        if self.proxy_mode not in nodecfg.PROXY_MODES:
+            raise LabError(f"--proxy-mode {self.proxy_mode!r}: one of {', '.join(nodecfg.PROXY_MODES)}")
 
 
 @dataclass
@@ -80,9 +83,12 @@ class Node:
     ip: str
     dir: str
 
+    proxy_mode: str = "iptables"
+
     def config(self, etcd_endpoints: list[str] | tuple[str, ...] = ()) -> nodecfg.NodeConfig:
         """This node as :mod:`podnet.node` sees it: all its files in its lab directory."""
-        return nodecfg.in_directory(self.name, tuple(etcd_endpoints), "eth0", self.ip, self.dir)
+        return nodecfg.in_directory(self.name, tuple(etcd_endpoints), "eth0", self.ip, self.dir,
+                                    proxy_mode=self.proxy_mode)
 
     @property
     def cni_bin(self) -> str:
@@ -107,7 +113,7 @@ class Node:
 
 @dataclass
 class Process:
-    role: str            # etcd | cni-daemon | flanneld | runner
+    role: str            # etcd | cni-daemon | flanneld | runner | kube-proxy
     owner: str           # member or node name
     netns: str
     argv: list[str]
@@ -174,7 +180,8 @@ def plan(spec: LabSpec, python: str = sys.executable) -> LabState:
                                     os.path.join(base, f"etcd-{i}")))
     for i in range(1, spec.nodes + 1):
         name = f"node-{i}"
-        state.nodes.append(Node(name, f"{ns}-{name}", addr[9 + i], os.path.join(base, "nodes", name)))
+        state.nodes.append(Node(name, f"{ns}-{name}", addr[9 + i], os.path.join(base, "nodes", name),
+                                proxy_mode=spec.proxy_mode))
     return state
 
 
@@ -277,6 +284,7 @@ def _make_underlay(state: LabState) -> None:
         legs = [(state.client_netns, state.client_ip)]
         legs += [(m.netns, m.ip) for m in state.members]
         legs += [(n.netns, n.ip) for n in state.nodes]
+        node_netns = {n.netns for n in state.nodes}
         for i, (ns_name, ip) in enumerate(legs):
             _create_ns(state, ns_name)
             leg = f"leg{i}"
@@ -289,6 +297,10 @@ def _make_underlay(state: LabState) -> None:
             with rtnl.RTNL(netns=ns_name) as h:
                 h.add_addr("eth0", f"{ip}/{UNDERLAY.prefixlen}")
                 h.set_link("eth0", up=True)
+                if ns_name in node_netns:
+                    # A real node routes Service IPs (its default route): without a route,
+                    # a ClusterIP with no endpoints fails routing before kube-proxy's REJECT.
+                    h.add_route(SERVICE_CIDR, oif="eth0")
 
 
 def _spawn(state: LabState, proc: Process) -> None:

@@ -29,7 +29,11 @@ FLANNEL_PREFIX = "/coreos.com/network"
 CONFLIST_NAME = "10-flannel.conflist"
 UNIT_DIR = "/etc/systemd/system"
 ETCD_DATA_DIR = "/var/lib/podnet/etcd"
-HEALTHZ_PORT = 10256
+HEALTHZ_PORT = 10256           # flanneld's /healthz on the node address
+PROXY_METRICS_PORT = 10249     # kube-proxy's upstream default
+PROXY_HEALTHZ_PORT = 10258     # kube-proxy's /healthz (upstream's 10256 is flanneld's here)
+PROXY_MIN_SYNC = "100ms"       # endpoint changes reach the rules well within a second
+PROXY_MODES = ("iptables", "ipvs", "none")
 
 # role → (systemd unit, description); the order of node daemons is in daemons().
 UNIT_NAMES = {
@@ -37,6 +41,7 @@ UNIT_NAMES = {
     "flanneld": ("flanneld.service", "flanneld: this node's pod subnet and the overlay"),
     "runner": ("podnet-runner.service", "podnet pod runner (the kubelet's part)"),
     "etcd": ("podnet-etcd.service", "etcd for podnet"),
+    "kube-proxy": ("kube-proxy.service", "kube-proxy (iptables mode) and the endpoints controller"),
 }
 
 
@@ -56,6 +61,7 @@ class NodeConfig:
     runner_dir: str = "/var/lib/podnet/runner"
     cni_socket: str = "/run/podnet/cni.sock"
     cni_data_dir: str = "/var/lib/cni"          # flannel's and host-local's state
+    proxy_mode: str = "iptables"                # iptables: kube-proxy runs; ipvs/none: not yet
 
     @property
     def endpoints(self) -> str:
@@ -63,16 +69,17 @@ class NodeConfig:
 
 
 def standard(name: str, etcd_endpoints: list[str] | tuple[str, ...] | str, iface: str,
-             ip: str | None = None) -> NodeConfig:
+             ip: str | None = None, proxy_mode: str = "iptables") -> NodeConfig:
     """A real machine's node: the standard paths."""
-    return NodeConfig(name=name, etcd_endpoints=split_endpoints(etcd_endpoints), iface=iface, ip=ip)
+    return NodeConfig(name=name, etcd_endpoints=split_endpoints(etcd_endpoints), iface=iface, ip=ip,
+                      proxy_mode=proxy_mode)
 
 
 def in_directory(name: str, etcd_endpoints: list[str] | tuple[str, ...] | str, iface: str,
-                 ip: str | None, directory: str) -> NodeConfig:
+                 ip: str | None, directory: str, proxy_mode: str = "iptables") -> NodeConfig:
     """A node whose files all live in one directory (the lab's layout)."""
     return NodeConfig(name=name, etcd_endpoints=split_endpoints(etcd_endpoints), iface=iface,
-                      ip=ip, cni_bin=os.path.join(directory, "bin"),
+                      ip=ip, proxy_mode=proxy_mode, cni_bin=os.path.join(directory, "bin"),
                       conflist=os.path.join(directory, CONFLIST_NAME),
                       subnet_file=os.path.join(directory, "subnet.env"),
                       runner_dir=os.path.join(directory, "runner"),
@@ -101,7 +108,9 @@ def conflist(cfg: NodeConfig) -> dict[str, Any]:
 
 
 def daemons(cfg: NodeConfig, python: str = sys.executable) -> list[tuple[str, list[str]]]:
-    """(role, argv) of the node's daemons in start order: CNI daemon, flanneld, pod runner."""
+    """(role, argv) of the node's daemons in start order: CNI daemon, flanneld, pod runner,
+    and kube-proxy (with the endpoints controller; one node's wins the election) when
+    ``proxy_mode`` is ``iptables``."""
     flanneld = [python, "-m", "flannel_py", f"--etcd-endpoints={cfg.endpoints}",
                 f"--iface={cfg.iface}", "--ip-masq", f"--subnet-file={cfg.subnet_file}",
                 f"--healthz-port={HEALTHZ_PORT}"]
@@ -112,11 +121,24 @@ def daemons(cfg: NodeConfig, python: str = sys.executable) -> list[tuple[str, li
               "--state-dir", cfg.runner_dir]
     if cfg.ip:
         runner += ["--node-ip", cfg.ip]
-    return [
+    out = [
         ("cni-daemon", [python, "-m", "podnet", "cni", "daemon", "--socket", cfg.cni_socket]),
         ("flanneld", flanneld),
         ("runner", runner),
     ]
+    if cfg.proxy_mode == "iptables":
+        out.append(("kube-proxy", kube_proxy_argv(cfg, python)))
+    return out
+
+
+def kube_proxy_argv(cfg: NodeConfig, python: str = sys.executable) -> list[str]:
+    bind = cfg.ip or "0.0.0.0"
+    return [python, "-m", "kubeproxy_py", "--proxy-mode=iptables",
+            f"--hostname-override={cfg.name}", f"--etcd-endpoints={cfg.endpoints}",
+            f"--cluster-cidr={POD_NETWORK}", f"--iptables-min-sync-period={PROXY_MIN_SYNC}",
+            f"--metrics-bind-address={bind}:{PROXY_METRICS_PORT}",
+            f"--healthz-bind-address={bind}:{PROXY_HEALTHZ_PORT}",
+            "--run-endpoints-controller"]
 
 
 def network_config(backend: str, network: str = POD_NETWORK) -> dict[str, Any]:
@@ -173,6 +195,8 @@ def units(cfg: NodeConfig, python: str = sys.executable) -> dict[str, str]:
                    # Pods' processes live in the runner's cgroup; a restarted runner adopts
                    # them, so stopping it must not kill them (the kubelet does the same).
                    "service": ("KillMode=process",)},
+        # Rules stay in place while it is down; restarting it never flushes them.
+        "kube-proxy": {"after": (*net, "flanneld.service"), "wants": net},
     }
     out = {}
     for role, argv in daemons(cfg, python):

@@ -31,7 +31,7 @@ def test_node_processes_and_conflist():
     st = lab.plan(lab.LabSpec(name="t3", nodes=1))
     node = st.nodes[0]
     procs = lab.node_processes(st, node, python="/py")
-    assert [p.role for p in procs] == ["cni-daemon", "flanneld", "runner"]
+    assert [p.role for p in procs] == ["cni-daemon", "flanneld", "runner", "kube-proxy"]
     flanneld = procs[1].argv
     assert flanneld[:3] == ["/py", "-m", "flannel_py"]
     assert "--iface=eth0" in flanneld and "--ip-masq" in flanneld

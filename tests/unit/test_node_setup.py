@@ -15,7 +15,7 @@ from podnet import lab, node
 from tests.fakes.etcd import FakeClock, FakeStore
 
 ETCD = "http://192.168.56.11:2379"
-UNITS = ["podnet-cni.service", "flanneld.service", "podnet-runner.service"]
+UNITS = ["podnet-cni.service", "flanneld.service", "podnet-runner.service", "kube-proxy.service"]
 
 
 def podnet(*args: str) -> subprocess.CompletedProcess:
