@@ -2,7 +2,7 @@
 to one throwaway node namespace, for each iptables variant. Prints one JSON object.
 
     .venv/bin/python benchmarks/kubeproxy_sync.py [--services 10000] [--endpoints 5]
-        [--variants nft,legacy] [--chunks 250] [--curve 100,250,500]
+        [--variants nft,legacy] [--chunks 200] [--curve 100,250,500]
 
 Per variant: ``render_s`` (the renderer alone), ``full_sync_s`` (the first sync into an empty
 namespace: render + restore), ``partial_sync_s`` (median of ``--partials`` syncs, each after
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--endpoints", type=int, default=5)
     ap.add_argument("--variants", default="nft,legacy")
-    ap.add_argument("--chunks", type=int, default=250)
+    ap.add_argument("--chunks", type=int, default=200)
     ap.add_argument("--partials", type=int, default=5)
     ap.add_argument("--curve", default="", help="extra nft chunk sizes, e.g. 100,500,1000")
     args = ap.parse_args(argv)

@@ -13,7 +13,10 @@ since KEP-3453:
   one: 456 s), linear in bounded ones. On nft a large sync therefore goes in three phases:
   (1) the changed services' own chains in chunks of ``chunk_services`` Services, all chains
   of one service in the same chunk — a new chain is unreachable until KUBE-SERVICES jumps to
-  it, and a rewritten one changes atomically with the endpoint chains it jumps to;
+  it, and a rewritten one changes atomically with the endpoint chains it jumps to. The
+  chunks touch disjoint chains, so after the first (which holds KUBE-MARK-MASQ, the chain
+  every endpoint chain jumps to) they are restored ``parallel`` at a time: much of each
+  call is the tool loading the table, which overlaps with another call's commit;
   (2) one transaction with the shared chains and filter, which switches traffic over;
   (3) the stale chains, deleted in chunks, referrers before the chains they jump to
   (FW → EXT → SVC/SVL → SEP), once nothing live refers to them. A small sync is one
@@ -28,6 +31,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -135,10 +139,13 @@ class IptablesSyncer:
     """
 
     def __init__(self, options: ProxyOptions, *, netns: str | None = None,
-                 variant: str | None = None, chunk_services: int = 250,
-                 restorer: Any = None) -> None:
+                 variant: str | None = None, chunk_services: int = 200,
+                 restorer: Any = None, parallel: int | None = None) -> None:
         if chunk_services < 1:
             raise ValueError("chunk_services must be at least 1")
+        # Concurrent phase-1 restores: 2 for the real tool (2 measured best on 2 CPUs:
+        # 10,000 Services 6.6 s → 4.6 s), 1 for an injected restorer unless asked.
+        self.parallel = parallel if parallel is not None else (1 if restorer else 2)
         if restorer is None:
             from podnet.iptables import Restorer
             restorer = Restorer(family=options.ip_family, variant=variant, netns=netns)
@@ -277,9 +284,9 @@ class IptablesSyncer:
         payloads = self._plan(groups, top if write_top else None, deleted, jumps)
         rules_written = 0
         try:
-            for text, n in payloads:
-                self.restorer.apply(text, noflush=True)
-                rules_written += n
+            for batch in self._batches(payloads):
+                self._apply_batch(batch)
+                rules_written += sum(n for _, n, _ in batch)
         except Exception as e:
             self._need_full = True
             self._known = None
@@ -378,9 +385,31 @@ class IptablesSyncer:
                 out.setdefault(table, []).append(f"-I {chain} 1 {spec}")
         return out
 
+    @staticmethod
+    def _batches(payloads: list[tuple[str, int, bool]]) -> list[list[tuple[str, int, bool]]]:
+        """Consecutive payloads that may run concurrently form one batch; others run alone."""
+        out: list[list[tuple[str, int, bool]]] = []
+        for p in payloads:
+            if p[2] and out and out[-1][-1][2]:
+                out[-1].append(p)
+            else:
+                out.append([p])
+        return out
+
+    def _apply_batch(self, batch: list[tuple[str, int, bool]]) -> None:
+        if len(batch) == 1 or self.parallel <= 1:
+            for text, _, _ in batch:
+                self.restorer.apply(text, noflush=True)
+            return
+        with ThreadPoolExecutor(self.parallel) as pool:
+            for future in [pool.submit(self.restorer.apply, text, noflush=True)
+                           for text, _, _ in batch]:
+                future.result()  # re-raises the first failure after all have ended
+
     def _plan(self, groups: list[list[tuple[str, str]]], top: TopLevel | None,
-              deleted: list[str], jumps: Mapping[str, list[str]]) -> list[tuple[str, int]]:
-        """The payloads to restore, in order, each with its rule count."""
+              deleted: list[str], jumps: Mapping[str, list[str]]) -> list[tuple[str, int, bool]]:
+        """The payloads to restore, in order, each with its rule count and whether it may
+        run concurrently with its concurrent neighbours (phase-1 chunks after the first)."""
         chunk = self.chunk_services
         max_del = chunk * _CHAINS_PER_SERVICE
         small = len(groups) <= chunk and len(deleted) <= max_del
@@ -393,8 +422,8 @@ class IptablesSyncer:
             if top is not None:
                 text = _filter_section(top, jumps.get("filter", ())) + "\n" + text
                 n += top.filter_rules + len(jumps.get("filter", ()))
-            return [(text, n)]
-        out: list[tuple[str, int]] = []
+            return [(text, n, False)]
+        out: list[tuple[str, int, bool]] = []
         for i, chunk_groups in enumerate(_chunks(groups, chunk)):
             blocks = [b for g in chunk_groups for b in g]
             if i == 0 and top is not None:
@@ -402,7 +431,7 @@ class IptablesSyncer:
                 blocks[:0] = top.nat_blocks
                 top = replace(top, nat_blocks=())
             nat, n = _nat_section(blocks)
-            out.append((nat + "\n", n))
+            out.append((nat + "\n", n, i > 0))
         inline = deleted if len(deleted) <= max_del else []
         if top is not None or inline:
             nat, n = _nat_section((), top, inline, jumps.get("nat", ()))
@@ -410,8 +439,8 @@ class IptablesSyncer:
             if top is not None:
                 text = _filter_section(top, jumps.get("filter", ())) + "\n" + text
                 n += top.filter_rules + len(jumps.get("filter", ()))
-            out.append((text, n))
+            out.append((text, n, False))
         if not inline:
             for part in _chunks(deleted, max_del):
-                out.append((_nat_section((), None, part)[0] + "\n", 0))
+                out.append((_nat_section((), None, part)[0] + "\n", 0, False))
         return out

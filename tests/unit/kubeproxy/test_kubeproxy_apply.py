@@ -8,6 +8,8 @@ section is all-or-nothing.
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import pytest
 
@@ -257,6 +259,44 @@ def test_nft_large_sync_is_chunked_per_service_and_never_half_visible():
     ports3, eps3 = state(2)
     syncer.sync(ports3, eps3)
     assert fake.own() == expected(ports3, eps3)
+
+
+class ConcurrentFake(FakeTables):
+    """FakeTables whose commits are serialised (as the kernel's are), counting how many
+    restores were in flight at once."""
+
+    def __init__(self, variant: str = "nft") -> None:
+        super().__init__(variant)
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
+        self.first_done = threading.Event()
+
+    def apply(self, payload: str, noflush: bool = True) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(0.02)  # the tool loading the table
+        with self.lock:
+            if ":KUBE-SEP-" in payload or ":KUBE-SVC-" in payload:
+                # every endpoint chain jumps to KUBE-MARK-MASQ: the first chunk made it
+                assert ":KUBE-MARK-MASQ " in payload or self.first_done.is_set()
+            super().apply(payload, noflush)
+            self.first_done.set()
+            self.in_flight -= 1
+
+
+def test_nft_chunks_after_the_first_run_concurrently_and_end_whole():
+    fake = ConcurrentFake("nft")
+    fake.after_commit = reachable_is_whole
+    syncer = IptablesSyncer(OPTS, restorer=fake, chunk_services=4, parallel=2)
+    ports, eps = state(30)
+    syncer.sync(ports, eps)
+    assert fake.max_in_flight == 2
+    assert fake.own() == expected(ports, eps)
+    assert ":KUBE-SERVICES " in fake.payloads[-1]  # the switch-over still comes last
+    eps2 = state(30, {i: [f"10.3.{i}.{j + 1}" for j in range(3)] for i in range(30)})[1]
+    syncer.sync(ports, eps2)
+    assert fake.own() == expected(ports, eps2)
 
 
 def test_legacy_large_sync_is_one_transaction():
