@@ -232,6 +232,11 @@ def up(spec: LabSpec, progress: Progress = lambda msg: None, timeout: float = 60
     state = plan(spec)
     if os.path.exists(os.path.join(state.dir, "state.json")):
         raise LabError(f"lab {spec.name!r} already exists: `podnet lab down --name {spec.name}` first")
+    others = list_labs()
+    if others:
+        # Every lab names its nodes node-1…node-K, and pod namespaces are named after the node.
+        raise LabError(f"lab {others[0]!r} is up; one lab at a time (pod namespaces are named "
+                       f"by node): `podnet lab down --name {others[0]}` first")
     for n in [state.underlay_netns, state.client_netns, *(m.netns for m in state.members),
               *(n.netns for n in state.nodes)]:
         if netns.exists(n):

@@ -16,6 +16,10 @@ for _ in $(seq 1 150); do
     sleep 0.2
 done
 $PODNET --lab $LAB get pods -o wide
+for target in pod-2 pod-3; do   # ping from node-1's pod to the pods on the other nodes
+    ip=$($PODNET --lab $LAB get pod $target -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["status"]["podIP"])')
+    $PODNET --lab $LAB exec pod-1 -- ping -c 2 -W 1 "$ip"
+done
 $PODNET --lab $LAB probe-matrix --port 8080
 $PODNET --lab $LAB probe-matrix --port 8080 --protocol UDP
 $PODNET --lab $LAB rules --node node-1 --what routes

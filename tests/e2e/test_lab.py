@@ -105,6 +105,9 @@ spec:
   nodeName: node-9
   containers: [{name: c, image: x}]
 """)
+    second = podnet("lab", "up", "--name", "e2e-other", check=False)
+    assert second.returncode == 1 and "one lab at a time" in second.stderr
+    assert not os.path.exists("/run/podnet/lab/e2e-other")
     proc = lab("apply", "-f", str(bad), check=False)
     assert proc.returncode == 1
     assert "bad.yaml" in proc.stderr and "lost" in proc.stderr and "node-9" in proc.stderr

@@ -19,7 +19,8 @@ VAGRANTFILE = os.path.join(REPO, "vagrant", "Vagrantfile")
 PROVISION = os.path.join(REPO, "vagrant", "provision.sh")
 STUB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vagrant_stub.rb")
 PODNET = os.path.join(os.path.dirname(sys.executable), "podnet")
-NODE_UNITS = ["flanneld.service", "podnet-cni.service", "podnet-runner.service"]
+NODE_UNITS = ["flanneld.service", "kube-proxy.service", "podnet-cni.service",
+              "podnet-runner.service"]
 
 needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 
