@@ -17,6 +17,8 @@ FLANNEL_MTU).  Traffic crosses the overlay both ways (data one way, ACKs back).
 * ``udp-simple``: the same with ``mode="simple"`` (upstream's one-packet-at-a-time loop).
 * ``vxlan``: ``flannel_py.backend.vxlan`` (kernel VTEP flannel.1, static neigh/FDB, onlink
   routes); if that module is missing, the same state set up directly with podnet.rtnl.
+* ``vxlan-vtep``: the reference for vxlan — node to node through the same kernel VTEPs, no
+  pod hops: what the kernel's VXLAN itself costs on this machine.
 * ``host-gw``: ``flannel_py.backend.hostgw`` (routes via the peer), or the routes directly.
 
 iperf3 servers are started by PID and stopped in ``finally``; every namespace is removed.
@@ -43,7 +45,7 @@ from podnet.rtnl import RTNL  # noqa: E402
 from tests.integration.flannel import udp_topology as topo  # noqa: E402
 
 NS_PREFIX = "pn-bench-fl-"
-SCENARIOS = ("underlay", "udp", "udp-tso", "udp-simple", "vxlan", "host-gw")
+SCENARIOS = ("underlay", "udp", "udp-tso", "udp-simple", "vxlan", "vxlan-vtep", "host-gw")
 UDP_MODES = {"udp": "batch", "udp-tso": "tso", "udp-simple": "simple"}
 UNDERLAY_MTU = 1500
 
@@ -191,6 +193,10 @@ def run_scenario(name: str, seconds: float, pings: int, logdir: str) -> dict:
         a, b = nodes
         if name == "underlay":
             src_ns, dst_ns, dst_ip = a.name, b.name, b.underlay_ip
+        elif name == "vxlan-vtep":
+            # the kernel's own VXLAN cost: node to node through flannel.1, no pod hops
+            kernel_backends = setup_kernel_backend(nodes, "vxlan")
+            src_ns, dst_ns, dst_ip = a.name, b.name, str(b.subnet.network_address)
         else:
             mtu = 28 if name in UDP_MODES else {"vxlan": 50, "host-gw": 0}[name]
             for n in nodes:
