@@ -36,14 +36,14 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from ipaddress import IPv4Network
 from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from podnet import netns  # noqa: E402
+from podnet import netns
+from podnet.netns import Scratch  # noqa: E402
 from podnet.etcd import Store  # noqa: E402
 from podnet.rtnl import RTNL  # noqa: E402
 from tests.integration.flannel.cluster import PREFIX, Cluster, stop_proc  # noqa: E402
@@ -58,25 +58,6 @@ TXN_OPS = 100                 # etcd's default --max-txn-ops is 128
 NEW_NODE_TARGET = 1.0
 MANY_TARGET = 2.0
 
-
-class Namespaces:
-    """``factory(tag) -> name``; ``cleanup()`` removes every namespace it made."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __call__(self, tag: str) -> str:
-        name = f"{NS_PREFIX}{tag}-{uuid.uuid4().hex[:6]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.names.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return name
-
-    def cleanup(self) -> None:
-        for name in reversed(self.names):
-            subprocess.run(["ip", "netns", "del", name], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.names.clear()
 
 
 # --- watching the kernel ------------------------------------------------------------------
@@ -278,7 +259,7 @@ def summary(samples: list[float]) -> dict:
             "samples": [round(s, 4) for s in samples]}
 
 
-def new_cluster(factory: Namespaces, tmp: Path, n_nodes: int, config: dict) -> Cluster:
+def new_cluster(factory: Scratch, tmp: Path, n_nodes: int, config: dict) -> Cluster:
     cluster = Cluster(factory, tmp, cni_bin="")
     try:
         cluster.build(n_nodes)
@@ -296,7 +277,7 @@ def check_alive(cluster: Cluster, node) -> None:
 
 # --- scenario 1: a new node ----------------------------------------------------------------
 
-def bench_new_node(factory: Namespaces, tmp: Path, backend: str, reps: int) -> dict:
+def bench_new_node(factory: Scratch, tmp: Path, backend: str, reps: int) -> dict:
     config = {"Network": "10.244.0.0/16", "Backend": {"Type": backend}}
     cluster = new_cluster(factory, tmp, 4, config)
     pollers: list[KernelPoller] = []
@@ -361,7 +342,7 @@ def bench_new_node(factory: Namespaces, tmp: Path, backend: str, reps: int) -> d
 
 # --- scenario 2: many remote leases ----------------------------------------------------------
 
-def bench_many(factory: Namespaces, tmp: Path, backend: str, n: int, modes: list[str],
+def bench_many(factory: Scratch, tmp: Path, backend: str, n: int, modes: list[str],
                writers: int) -> dict:
     config = {"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": backend}}
     cluster = new_cluster(factory, tmp, 1, config)
@@ -450,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in args.backends.split(",") if b]
     only = set(args.only.split(","))
     modes = [m for m in args.modes.split(",") if m]
-    factory = Namespaces()
+    factory = Scratch(NS_PREFIX)
     tmp = Path(tempfile.mkdtemp(prefix="pn-bench-cv-"))
     result: dict = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]),
                     "cpus": os.cpu_count()}

@@ -35,12 +35,12 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from ipaddress import IPv4Address, ip_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from podnet.netns import Scratch  # noqa: E402
 from podnet.rtnl import RTNL  # noqa: E402
 from tests.integration.flannel import udp_topology as topo  # noqa: E402
 
@@ -49,22 +49,6 @@ SCENARIOS = ("underlay", "udp", "udp-tso", "udp-simple", "vxlan", "vxlan-vtep", 
 UDP_MODES = {"udp": "batch", "udp-tso": "tso", "udp-simple": "simple"}
 UNDERLAY_MTU = 1500
 
-
-class Namespaces:
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __call__(self, tag: str) -> str:
-        name = f"{NS_PREFIX}{tag}-{uuid.uuid4().hex[:6]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.names.append(name)
-        return name
-
-    def cleanup(self) -> None:
-        for name in reversed(self.names):
-            subprocess.run(["ip", "netns", "del", name], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.names.clear()
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -184,7 +168,7 @@ def _manual_kernel_backend(nodes, btype: str) -> None:
 
 
 def run_scenario(name: str, seconds: float, pings: int, logdir: str) -> dict:
-    ns = Namespaces()
+    ns = Scratch(NS_PREFIX)
     started: list = []
     kernel_backends: list = []
     nodes: list = []

@@ -205,6 +205,36 @@ def remove(name: str) -> None:
         pass
 
 
+class Scratch:
+    """Throwaway namespaces for tests, benchmarks and tools: ``scratch(tag) -> name`` makes
+    ``<prefix><tag>-<random>`` with ``lo`` up; ``cleanup()`` (or leaving the ``with``)
+    removes every one it made, newest first."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.names: list[str] = []
+
+    def __call__(self, tag: str = "ns") -> str:
+        from podnet import rtnl  # lazy: keeps this module import-light for the CNI plugins
+        name = f"{self.prefix}{tag}-{os.urandom(4).hex()}"
+        create(name)
+        self.names.append(name)
+        with rtnl.RTNL(netns=name) as h:
+            h.set_link("lo", up=True)
+        return name
+
+    def cleanup(self) -> None:
+        for name in reversed(self.names):
+            remove(name)
+        self.names.clear()
+
+    def __enter__(self) -> "Scratch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
 # --- file descriptors and identity ------------------------------------------------------
 
 def open_fd(ns: str | os.PathLike[str]) -> int:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 
 import pytest
+
+from podnet.netns import Scratch
 
 NS_PREFIX = "pn-test-"
 
@@ -15,24 +16,11 @@ def _need_root() -> None:
         pytest.skip("needs root to create network namespaces")
 
 
-class NetnsFactory:
-    """Creates named network namespaces (``ip netns add``) and removes them all at the end."""
+class NetnsFactory(Scratch):
+    """Creates named network namespaces and removes them all at the end."""
 
     def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __call__(self, tag: str = "ns") -> str:
-        name = f"{NS_PREFIX}{tag}-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        self.names.append(name)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        return name
-
-    def cleanup(self) -> None:
-        for name in reversed(self.names):
-            subprocess.run(["ip", "netns", "del", name], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.names.clear()
+        super().__init__(NS_PREFIX)
 
 
 @pytest.fixture
