@@ -90,8 +90,10 @@ class ServicePort:
         set_(self, "service_name", f"{self.namespace}/{self.name}")
         accessible = bool(self.node_port or self.load_balancer_ips or self.external_ips)
         set_(self, "externally_accessible", accessible)
-        set_(self, "uses_cluster_endpoints", not self.internal_policy_local or (
-            accessible and not self.external_policy_local))
+        # As upstream's UsesClusterEndpoints: an externally reachable port needs its cluster
+        # chain even with externalTrafficPolicy Local — pod and node traffic to the external
+        # destinations short-circuits to it.
+        set_(self, "uses_cluster_endpoints", not self.internal_policy_local or accessible)
         set_(self, "uses_local_endpoints", self.internal_policy_local or (
             accessible and self.external_policy_local))
 

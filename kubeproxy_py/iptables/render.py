@@ -326,9 +326,6 @@ def render_port(sp: ServicePort, eps: Sequence[Endpoint], ctx: PortContext,
             lines.append(f'-A {ext} -m comment --comment "masquerade traffic for {name}'
                          f' external destinations" -j {_MASQ}')
         else:
-            # OPEN: with internalTrafficPolicy Local too, upstream's layout jumps to {svc}
-            # here although no KUBE-SVC chain is written (uses_cluster is false), and the
-            # restore would fail. Kept as upstream reads until that is settled.
             if if_local:
                 lines.append(f'-A {ext} -m comment --comment "pod traffic for {name} external'
                              f' destinations" {if_local} -j {svc}')

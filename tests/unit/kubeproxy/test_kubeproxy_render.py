@@ -488,3 +488,24 @@ def test_jump_rules_cover_builtin_entry_points():
     assert ("filter", "INPUT", "-j KUBE-FIREWALL") in rules
     assert ("filter", "INPUT", "-j KUBE-FIREWALL") not in jump_rules(
         ProxyOptions(localhost_nodeports=False))
+
+
+def test_both_traffic_policies_local_still_write_the_cluster_chain():
+    """With externalTrafficPolicy and internalTrafficPolicy both Local, the EXT chain's
+    short-circuits jump to KUBE-SVC, so it must be written (upstream: UsesClusterEndpoints
+    is true for an externally accessible port); every jump target must be declared, or the
+    whole restore fails."""
+    svc = service(type="NodePort", externalTrafficPolicy="Local", internalTrafficPolicy="Local",
+                  ports=[{"name": "p80", "port": 80, "nodePort": 3001}])
+    slices = [eslice(ep("10.180.0.1", node="node1"), ep("10.180.0.2", node="node2"))]
+    text = render_objects([svc], slices, OPTS).text
+    nat = text[text.index("*nat"):]
+    declared = {line[1:].split()[0] for line in nat.splitlines() if line.startswith(":")}
+    targets = {line.rsplit(" -j ", 1)[1].split()[0] for line in nat.splitlines()
+               if line.startswith("-A ") and " -j KUBE-" in line}
+    assert SVC1 in declared and SVL1 in declared and EXT1 in declared
+    assert targets <= declared | {"KUBE-MARK-MASQ", "KUBE-POSTROUTING"}, targets - declared
+    svc_rules = [line for line in nat.splitlines() if line.startswith(f"-A {SVC1} ")]
+    assert any("10.180.0.2" in r or "-j KUBE-SEP-" in r for r in svc_rules)
+    # ClusterIP traffic (internal, Local) still goes to the local endpoint only
+    assert f"-A KUBE-SERVICES {CLUSTER_IP1} -j {SVL1}" in nat
