@@ -188,10 +188,38 @@ class VxlanBackend(PeerBackend):
         self.local_networks = [ip_network(a.cidr, strict=False)
                                for a in self.rtnl.addrs(self.ext.index, AF_INET)]
         self.config = config
-        self.programmer = PeerProgrammer(
-            self.rtnl, {self.dev: link.index, self.ext.name: self.ext.index},
-            _vxlan_managed(self.dev, config.network, own.subnet, self.ext.name))
+        self.own = own
+        self.programmer = self._programmer(link.index)
         self.checker.start()
+
+    def _programmer(self, dev_index: int) -> PeerProgrammer:
+        return PeerProgrammer(
+            self.rtnl, {self.dev: dev_index, self.ext.name: self.ext.index},
+            _vxlan_managed(self.dev, self.config.network, self.own.subnet, self.ext.name))
+
+    def resync(self, remote: Sequence[Lease] | None = None) -> None:
+        if self.programmer is not None:
+            self._restore_device_if_gone()
+        super().resync(remote)
+
+    def _restore_device_if_gone(self) -> None:
+        """Someone deleted the VTEP under us: recreate it with the same MAC — the VtepMAC our
+        lease publishes and every other node has in its FDB — its address and state; the
+        verified re-apply that follows puts the neighbours, FDB entries and routes back."""
+        from podnet.rtnl import LinkNotFound
+        try:
+            self.rtnl.link(name=self.dev)
+            return
+        except LinkNotFound:
+            pass
+        log.warning("%s was deleted: recreating it with VtepMAC %s", self.dev, self.link.mac)
+        self.rtnl.add_link(self.dev, "vxlan", mtu=self.spec.mtu, mac=self.link.mac,
+                           data=self.spec.link_data())
+        link = self.rtnl.link(name=self.dev)
+        self.rtnl.add_addr(link.index, f"{self.own.subnet.network_address}/32")
+        self.rtnl.set_link(link.index, up=True)
+        self.link = link
+        self.programmer = self._programmer(link.index)  # a fresh one: nothing is applied yet
 
     def desired(self, remote: Sequence[Lease]) -> DesiredState:
         return render_vxlan(remote, dev=self.dev, ext_dev=self.ext.name, vni=self.spec.vni,

@@ -235,3 +235,22 @@ def test_udp_cluster(make_cluster):
         routes = [r["dst"] for r in ip_j(node.ns, "route", "show", "dev", "flannel0")]
         assert NET in routes
     check_pods(c)
+
+
+def test_vxlan_device_deleted_is_recreated_with_the_same_mac(make_cluster):
+    c = make_cluster(2)
+    start_all(c, {"Type": "vxlan"})
+    n0 = c.nodes[0]
+    wait_for(lambda: vxlan_view(n0) == expected_vxlan_view(c, n0), 10, what="vxlan state")
+    mac = vtep_mac(n0)
+    sh(["ip", "-n", n0.ns, "link", "del", "flannel.1"])
+    # the periodic check (10 s) brings the VTEP back with the MAC other nodes know
+    wait_for(lambda: sh(["ip", "-n", n0.ns, "link", "show", "flannel.1"],
+                        check=False).returncode == 0, 30, 0.2, "flannel.1 to be recreated")
+    assert vtep_mac(n0) == mac
+    wait_for(lambda: vxlan_view(n0) == expected_vxlan_view(c, n0), 30, 0.2,
+             "neighbours, FDB and routes to come back")
+    a = c.add_pod(n0, "a")
+    b = c.add_pod(c.nodes[1], "b")
+    sent, got = c.ping(a, b.ip, count=3)
+    assert got == sent == 3
