@@ -60,8 +60,9 @@ class SyncError(Exception):
 class SyncResult:
     """What a sync did.
 
-    ``rules`` — rules kube-proxy keeps in filter and nat now (upstream's
-    ``sync_proxy_rules_iptables_total``); ``chains`` — per-service nat chains in use now;
+    ``rules`` — rules kube-proxy keeps in filter and nat now, ``filter_rules`` and
+    ``nat_rules`` the same per table (upstream's ``sync_proxy_rules_iptables_total{table}``);
+    ``chains`` — per-service nat chains in use now;
     ``services_written`` — Services whose own chains were (re)written; ``deleted_chains`` —
     stale chains removed; ``rules_written`` and ``transactions`` — what was sent.
     """
@@ -72,6 +73,8 @@ class SyncResult:
     chains: int
     deleted_chains: int
     seconds: float
+    filter_rules: int = 0
+    nat_rules: int = 0
     rules_written: int = 0
     transactions: int = 0
 
@@ -319,6 +322,8 @@ class IptablesSyncer:
         self._jumps_ok = True
         result = SyncResult(partial=not full, services_written=len(groups),
                             rules=top.filter_rules + top.nat_rules + self._chain_rules,
+                            filter_rules=top.filter_rules,
+                            nat_rules=top.nat_rules + self._chain_rules,
                             chains=len(self._known), deleted_chains=len(deleted),
                             seconds=time.perf_counter() - t0, rules_written=rules_written,
                             transactions=len(payloads))

@@ -139,6 +139,8 @@ def test_first_sync_programs_renderer_state_and_jumps(variant):
     assert fake.own() == expected(ports, eps)
     assert r.chains == len(service_chains(fake)) == 5 * 4
     assert r.rules == sum(len(v) for t in fake.own().values() for v in t.values())
+    assert (r.filter_rules, r.nat_rules) == tuple(
+        sum(len(v) for v in fake.own()[t].values()) for t in ("filter", "nat"))
     for table, chain, spec in jump_rules(OPTS):
         assert fake.tables[table][chain].count(spec) == 1, (table, chain, spec)
 
